@@ -1,0 +1,127 @@
+"""State shared by every LoRA layer: named adapters side by side, activation, merge bookkeeping, row routing."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lorakit.errors import AdapterStateError, MergeError
+
+
+class RowRouting:
+    """Which adapter each row of a batch uses: ``groups`` maps an adapter name to the row indices using it.
+
+    Rows that appear in no group get the base model's output. Built once per batch and shared by all layers.
+    """
+
+    def __init__(self, row_adapters: list[str | None], device: torch.device | str = "cpu") -> None:
+        self.row_adapters = list(row_adapters)
+        rows_by_name: dict[str, list[int]] = {}
+        for row, name in enumerate(self.row_adapters):
+            if name is not None:
+                rows_by_name.setdefault(name, []).append(row)
+        self.groups = {name: torch.tensor(rows, dtype=torch.long, device=device) for name, rows in rows_by_name.items()}
+
+
+class LoraLayer(nn.Module):
+    """A frozen ``base_layer`` plus named low-rank adapters.
+
+    Each adapter ``name`` owns ``lora_A[name]: (r, in)``, ``lora_B[name]: (out, r)``, a scale and a dropout
+    probability. ``active`` lists the adapters whose deltas are added in forward; ``merged`` lists those
+    already folded into the base weight.
+    """
+
+    adapter_param_names = ("lora_A", "lora_B")
+
+    def __init__(self, base_layer: nn.Module, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.in_features = in_features
+        self.out_features = out_features
+        self.lora_A = nn.ParameterDict()
+        self.lora_B = nn.ParameterDict()
+        self.scaling: dict[str, float] = {}
+        self.dropout_p: dict[str, float] = {}
+        self.active: tuple[str, ...] = ()
+        self.merged: list[str] = []
+        self.disabled = False
+        self.routing: RowRouting | None = None
+
+    # -- adapters ---------------------------------------------------------------------------------
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.lora_A.keys())
+
+    def rank(self, name: str) -> int:
+        return self.lora_A[name].shape[0]
+
+    def add_adapter(self, name: str, r: int, scale: float, dropout: float, init: str = "default") -> None:
+        """Create adapter ``name`` of rank ``r``; B (or its analogue) starts at zero so the output is unchanged."""
+        if name in self.lora_A:
+            raise AdapterStateError(f"adapter {name!r} already exists in this layer; delete it first or pick another name")
+        weight = self._base_weight()
+        factory = {"device": weight.device, "dtype": self._adapter_dtype(weight)}
+        self.lora_A[name] = nn.Parameter(torch.empty(r, self.in_features, **factory))
+        self.lora_B[name] = nn.Parameter(torch.empty(self.out_features, r, **factory))
+        self.scaling[name] = float(scale)
+        self.dropout_p[name] = float(dropout)
+        self.reset_adapter(name, init)
+
+    def reset_adapter(self, name: str, init: str = "default") -> None:
+        raise NotImplementedError
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.merged:
+            raise AdapterStateError(f"adapter {name!r} is merged into the base weight; unmerge it before deleting")
+        for attr in self.adapter_param_names:
+            store = getattr(self, attr)
+            if name in store:
+                del store[name]
+        self.scaling.pop(name, None)
+        self.dropout_p.pop(name, None)
+        self.active = tuple(n for n in self.active if n != name)
+
+    def set_active(self, names: tuple[str, ...]) -> None:
+        self.active = tuple(n for n in names if n in self.lora_A)
+
+    def _adapter_dtype(self, weight: torch.Tensor) -> torch.dtype:
+        return weight.dtype if weight.dtype.is_floating_point else torch.float32
+
+    def _base_weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    # -- merge --------------------------------------------------------------------------------------
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """ΔW of adapter ``name`` in fp32, laid out like the base weight."""
+        raise NotImplementedError
+
+    def merge(self, name: str, safe: bool = True) -> None:
+        """Fold adapter ``name`` into the base weight: ``W ← W + ΔW`` computed in fp32 and cast back."""
+        if name not in self.lora_A:
+            return
+        if name in self.merged:
+            raise AdapterStateError(f"adapter {name!r} is already merged; unmerge before merging again")
+        weight = self._base_weight()
+        merged = weight.data.float() + self.delta_weight(name)
+        if safe and not torch.isfinite(merged).all():
+            raise MergeError(f"merging adapter {name!r} would write NaN/inf into a weight of shape {tuple(weight.shape)}; the adapter is broken")
+        weight.data.copy_(merged.to(weight.dtype))
+        self.merged.append(name)
+
+    def unmerge(self) -> None:
+        """Subtract every merged adapter's ΔW from the base weight (in fp32), newest first."""
+        weight = self._base_weight()
+        while self.merged:
+            name = self.merged.pop()
+            weight.data.copy_((weight.data.float() - self.delta_weight(name)).to(weight.dtype))
+
+    # -- forward helpers -----------------------------------------------------------------------------
+    def _unmerged_active(self) -> tuple[str, ...]:
+        if self.disabled:
+            return ()
+        return tuple(n for n in self.active if n not in self.merged)
+
+    def _check_routing(self) -> RowRouting | None:
+        if self.routing is not None and self.merged:
+            raise AdapterStateError("per-row adapters need unmerged adapters; unmerge before routing rows")
+        return None if self.disabled else self.routing
