@@ -19,6 +19,7 @@ def drift_kl(model: nn.Module, tokenizer, prompts: Sequence[Prompt] | None = Non
     Prompts (default: :func:`lorakit.eval.regression.general_prompts`) are rendered with the chat template.
     The base distribution is computed inside ``lk.disabled(model)``; the adapted one with the model's active
     adapters. An adapter whose B is zero leaves the logits bit-for-bit unchanged, so its drift is exactly 0.
+    Log-probabilities are taken in fp64: the KL of two nearby distributions cancels badly in fp32.
     """
     if prompts is None:
         from lorakit.eval.regression import general_prompts
