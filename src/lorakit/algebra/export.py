@@ -1,0 +1,116 @@
+"""Merge adapters into their base and write a complete transformers model directory.
+
+``W ← W + Σᵢ wᵢ·sᵢ·Bᵢ·Aᵢ`` is computed in fp32 on the fp32 base (checked for NaN/inf), then the model is cast to
+the requested dtype (checked again: fp16 overflows where fp32 does not) and saved with its tokenizer and
+generation config, so ``AutoModelForCausalLM.from_pretrained(out)`` loads it with no lorakit installed.
+
+Tied embeddings: when the input embedding and the output head share one tensor (SmolLM2 does) and an adapter
+changes either, the unmerged model changes only one of them. The export then unties them — the head gets its
+own copy — and records ``tie_word_embeddings: false``, so the merged model computes what the unmerged one did.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lorakit import __version__, atomic, bases
+from lorakit.algebra.factors import base_of, load, parent_record
+from lorakit.errors import ConfigError, MergeError
+from lorakit.io import load_adapter
+from lorakit.layers import LoraLayer, ModulesToSave
+from lorakit.merge import merge_and_unload
+from lorakit.model import lora_layers
+from lorakit.targeting import unwrap
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROVENANCE_FILE = "lorakit_merge.json"
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    base: str
+    dtype: str
+    untied_embeddings: bool
+
+
+def export_merged(adapters: list[tuple[str | Path, float]], out: str | Path, *, base: str | None = None,
+                  dtype: str = "fp32", safe: bool = True) -> ExportResult:
+    """Merge ``adapters`` (each ``(source, weight)``) into their base and save a transformers model at ``out``.
+
+    The base is ``base``, else the first adapter's recorded base, else the embedded default; every adapter is
+    checked against it (fingerprint, keys, shapes) before anything is merged.
+    """
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if not adapters:
+        raise ConfigError("merge needs at least one adapter")
+    parents = [(load(source), float(weight)) for source, weight in adapters]
+    for parent, weight in parents:
+        if not torch.isfinite(torch.tensor(weight)):
+            raise ConfigError(f"weight of {parent.path} must be a finite number, got {weight}")
+        if parent.is_dora and weight != 1.0:
+            raise ConfigError(f"{parent.path} is a DoRA adapter: it merges only with weight 1 (got {weight})")
+    base_name = base_of(parents[0][0].files, base)
+    model, tokenizer = bases.load(base_name, dtype=torch.float32)
+    names = []
+    for i, (parent, weight) in enumerate(parents):
+        name = f"merge{i}"
+        load_adapter(model, parent.path, name=name)
+        for _, layer in lora_layers(model):
+            if name in layer.scaling:
+                layer.scaling[name] *= weight  # ΔW of this adapter becomes w·s·B·A
+        names.append(name)
+    untied = untie_touched_embeddings(model)
+    plain = merge_and_unload(model, names, safe=safe)
+    plain.to(DTYPES[dtype])
+    if safe:
+        check_finite(plain, dtype)
+    with atomic.directory(out) as staging:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        provenance = {"lorakit_version": __version__, "base": base_name, "dtype": dtype,
+                      "untied_embeddings": untied, "merged": [parent_record(p, w) for p, w in parents]}
+        (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    return ExportResult(Path(out), base_name, dtype, untied)
+
+
+def untie_touched_embeddings(model: nn.Module) -> bool:
+    """Give the output head its own weight when it is tied to the input embedding and an adapter wraps either."""
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    if not callable(get_in) or not callable(get_out) or get_out() is None:
+        return False
+    wrapped_in, wrapped_out = get_in(), get_out()
+    embedding, head = unwrap(wrapped_in), unwrap(wrapped_out)
+    touched = any(isinstance(m, (LoraLayer, ModulesToSave)) for m in (wrapped_in, wrapped_out))
+    if head.weight is not embedding.weight or not touched:
+        return False
+    head.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=False)
+    model.config.tie_word_embeddings = False
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
+    if text_config is not None:
+        text_config.tie_word_embeddings = False
+    return True
+
+
+def check_finite(model: nn.Module, dtype: str) -> None:
+    for name, param in model.named_parameters():
+        if param.dtype.is_floating_point and not torch.isfinite(param).all():
+            raise MergeError(f"merged weight {name} has NaN/inf in {dtype}" +
+                             ("; fp16 overflowed: export in bf16 or fp32" if dtype == "fp16" else "; the adapter is broken"))
+
+
+def parse_weighted(spec: str) -> tuple[str, float]:
+    """``path:0.7`` -> ``("path", 0.7)``; a spec whose last ``:`` part is not a number has weight 1."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return spec, 1.0
