@@ -26,6 +26,7 @@ from lorakit.config import LoraConfig
 from lorakit.errors import AdapterFileError, AdapterMismatchError, AdapterStateError, BaseMismatchError
 from lorakit.layers import LoraEmbedding, LoraLayer, ModulesToSave
 from lorakit.model import adapter_parameters, adapter_state, delete_adapter, inject, lora_layers
+from lorakit.plain import export_config, export_tensors
 from lorakit.peft_format import (CONFIG_FILE, PREFIX, WEIGHTS_FILE, bias_key, config_from_peft, config_to_peft,
                                  file_key, saved_module_key)
 from lorakit.targeting import find_saved_modules, find_targets, is_linear, unwrap
@@ -230,7 +231,8 @@ def _copy_in(model: nn.Module, config: LoraConfig, name: str, tensors: dict[str,
                 continue
             kind = "embedding" if isinstance(layer, LoraEmbedding) else "linear"
             for attr in layer.adapter_param_names:
-                getattr(layer, attr)[name].copy_(tensors[file_key(mname, attr, kind)])
+                if name in getattr(layer, attr):
+                    getattr(layer, attr)[name].copy_(tensors[file_key(mname, attr, kind)])
             if config.bias != "none" and getattr(layer.base_layer, "bias", None) is not None:
                 layer.base_layer.bias.copy_(tensors[bias_key(mname, wrapped=True)])
         for mname, module in model.named_modules():
@@ -257,8 +259,8 @@ def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
             continue
         targets.append(mname)
         kind = "embedding" if isinstance(layer, LoraEmbedding) else "linear"
-        for attr in layer.adapter_param_names:
-            tensors[file_key(mname, attr, kind)] = getattr(layer, attr)[name]
+        for attr, tensor in export_tensors(layer, name).items():
+            tensors[file_key(mname, attr, kind)] = tensor
         if config.bias != "none" and getattr(layer.base_layer, "bias", None) is not None:
             tensors[bias_key(mname, wrapped=True)] = layer.base_layer.bias
     for mname, module in model.named_modules():
@@ -280,7 +282,7 @@ def save_adapter(model: nn.Module, directory: str | Path, name: str = "default",
     state = adapter_state(model)
     if name not in state.configs:
         raise AdapterStateError(f"no adapter named {name!r}; the model has {list(state.configs) or 'none'}")
-    config = state.configs[name]
+    config = export_config(state.configs[name], model, name)
     layers = [(m, layer) for m, layer in lora_layers(model) if name in layer.lora_A]
     leaf_names = [m.rsplit(".", 1)[-1] for m, _ in layers]
     fan_in_fan_out = any(getattr(layer, "fan_in_fan_out", False) for _, layer in layers)

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lorakit.bases import fingerprint
 from lorakit.config import LoraConfig
 from lorakit.errors import AdapterStateError, ConfigError
 from lorakit.layers import LoraEmbedding, LoraLayer, LoraLinear, ModulesToSave, RowRouting
+from lorakit.layers.dora import init_magnitude
 from lorakit.targeting import find_saved_modules, find_targets, is_linear, unwrap
 
 
@@ -63,16 +65,26 @@ def inject(model: nn.Module, config: LoraConfig, name: str = "default", *, dtype
         raise AdapterStateError(f"adapter {name!r} already exists; delete_adapter(model, {name!r}) first or choose another name")
     targets = find_targets(model, config)
     saved = find_saved_modules(model, config)
+    kinds = {t: LoraLinear if is_linear(unwrap(model.get_submodule(t))) else LoraEmbedding for t in targets}
+    if config.use_dora and LoraEmbedding in kinds.values():
+        first = next(t for t, k in kinds.items() if k is LoraEmbedding)
+        raise ConfigError(f"use_dora applies to linear layers; target {first!r} is an embedding: exclude it or turn DoRA off")
+    if config.init not in ("default", "gaussian"):
+        model.__dict__["lorakit_fingerprint"] = fingerprint(model)  # PiSSA/OLoRA rewrite W₀; keep the original's
     if not state.configs:
         state.original_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         for p in model.parameters():
             p.requires_grad_(False)
     for target in targets:
-        layer = _wrap(model, target, LoraLinear if is_linear(unwrap(model.get_submodule(target))) else LoraEmbedding)
+        layer = _wrap(model, target, kinds[target])
         layer.add_adapter(name, config.rank_for(target), config.scale_for(target), config.dropout, config.init)
+        if config.use_dora:
+            init_magnitude(layer, name)
         if dtype is not None:
-            layer.lora_A[name].data = layer.lora_A[name].data.to(dtype)
-            layer.lora_B[name].data = layer.lora_B[name].data.to(dtype)
+            for attr in layer.adapter_param_names:
+                store = getattr(layer, attr)
+                if name in store:
+                    store[name].data = store[name].data.to(dtype)
     for target in saved:
         _wrap(model, target, ModulesToSave).add_adapter(name)
     _train_biases(model, config)

@@ -31,7 +31,10 @@ class LoraLayer(nn.Module):
     already folded into the base weight.
     """
 
-    adapter_param_names = ("lora_A", "lora_B")
+    adapter_param_names: tuple[str, ...] = ("lora_A", "lora_B")
+    """Per-adapter ParameterDicts that hold an adapter's weights (saved to files); absent names are skipped."""
+    state_param_names: tuple[str, ...] = ()
+    """Per-adapter frozen ParameterDicts kept for bookkeeping (not saved), deleted with the adapter."""
 
     def __init__(self, base_layer: nn.Module, in_features: int, out_features: int) -> None:
         super().__init__()
@@ -73,7 +76,7 @@ class LoraLayer(nn.Module):
     def delete_adapter(self, name: str) -> None:
         if name in self.merged:
             raise AdapterStateError(f"adapter {name!r} is merged into the base weight; unmerge it before deleting")
-        for attr in self.adapter_param_names:
+        for attr in self.adapter_param_names + self.state_param_names:
             store = getattr(self, attr)
             if name in store:
                 del store[name]
@@ -95,25 +98,43 @@ class LoraLayer(nn.Module):
         """ΔW of adapter ``name`` in fp32, laid out like the base weight."""
         raise NotImplementedError
 
-    def merge(self, name: str, safe: bool = True) -> None:
-        """Fold adapter ``name`` into the base weight: ``W ← W + ΔW`` computed in fp32 and cast back."""
+    def read_weight(self) -> torch.Tensor:
+        """The base weight in fp32, in its own layout."""
+        return self._base_weight().data.float()
+
+    def write_weight(self, weight: torch.Tensor, requantize: bool = False) -> None:
+        """Store ``weight`` (fp32) into the base weight, cast to its dtype."""
+        target = self._base_weight()
+        target.data.copy_(weight.to(target.dtype))
+
+    def merged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """The base weight with adapter ``name`` folded in: ``W + ΔW``."""
+        return weight + self.delta_weight(name)
+
+    def unmerged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`merged_weight`: ``W − ΔW``."""
+        return weight - self.delta_weight(name)
+
+    def merge(self, name: str, safe: bool = True, requantize: bool = False) -> None:
+        """Fold adapter ``name`` into the base weight, computed in fp32 and cast back.
+
+        A quantised base is dequantised first; the result stays in float unless ``requantize``.
+        """
         if name not in self.lora_A:
             return
         if name in self.merged:
             raise AdapterStateError(f"adapter {name!r} is already merged; unmerge before merging again")
-        weight = self._base_weight()
-        merged = weight.data.float() + self.delta_weight(name)
+        merged = self.merged_weight(name, self.read_weight())
         if safe and not torch.isfinite(merged).all():
-            raise MergeError(f"merging adapter {name!r} would write NaN/inf into a weight of shape {tuple(weight.shape)}; the adapter is broken")
-        weight.data.copy_(merged.to(weight.dtype))
+            raise MergeError(f"merging adapter {name!r} would write NaN/inf into a weight of shape {tuple(merged.shape)}; the adapter is broken")
+        self.write_weight(merged, requantize)
         self.merged.append(name)
 
     def unmerge(self) -> None:
-        """Subtract every merged adapter's ΔW from the base weight (in fp32), newest first."""
-        weight = self._base_weight()
+        """Undo every merged adapter (in fp32), newest first; the base keeps its current form."""
         while self.merged:
             name = self.merged.pop()
-            weight.data.copy_((weight.data.float() - self.delta_weight(name)).to(weight.dtype))
+            self.write_weight(self.unmerged_weight(name, self.read_weight()), requantize=True)
 
     # -- forward helpers -----------------------------------------------------------------------------
     def _unmerged_active(self) -> tuple[str, ...]:

@@ -1,4 +1,9 @@
-"""LoraLinear: ``h = W₀x + Σ_active scale · B(A(dropout(x)))`` around ``nn.Linear`` or transformers' ``Conv1D``."""
+"""LoraLinear: ``h = W₀x + Σ_active scale · B(A(dropout(x)))`` around ``nn.Linear``, transformers' ``Conv1D``
+or a bitsandbytes-quantised linear (QLoRA).
+
+Variants live beside plain LoRA in the same dicts: an adapter with a ``lora_magnitude`` entry is DoRA
+(``layers/dora.py``); one with a ``lora_E`` entry is AdaLoRA's SVD form ``B·diag(Λ)·A`` (``lorakit.adalora``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit import quant
+from lorakit.layers import dora
 from lorakit.layers.base import LoraLayer
 
 
@@ -24,15 +31,30 @@ def linear_shape(module: nn.Module) -> tuple[int, int, bool]:
 
 
 class LoraLinear(LoraLayer):
-    """LoRA around a linear layer. ``A: (r, in)``, ``B: (out, r)``; the product B·A is never formed in forward."""
+    """LoRA around a linear layer. ``A: (r, in)``, ``B: (out, r)``; the product B·A is never formed in forward
+    (DoRA forms it once per forward for its weight norm, as the method requires)."""
+
+    adapter_param_names = ("lora_A", "lora_B", "lora_magnitude", "lora_E")
+    state_param_names = ("lora_A0", "lora_B0")
 
     def __init__(self, base_layer: nn.Module) -> None:
         in_features, out_features, fan_in_fan_out = linear_shape(base_layer)
         super().__init__(base_layer, in_features, out_features)
         self.fan_in_fan_out = fan_in_fan_out
+        self.lora_magnitude = nn.ParameterDict()  # DoRA's m: (out,)
+        self.lora_E = nn.ParameterDict()  # AdaLoRA's Λ: (r,)
+        self.lora_A0 = nn.ParameterDict()  # PiSSA/OLoRA: A and B at initialisation (frozen), to save against W₀
+        self.lora_B0 = nn.ParameterDict()
+        self.dora_factors: dict[str, torch.Tensor] = {}  # f of each merged DoRA adapter, to unmerge exactly
 
     def reset_adapter(self, name: str, init: str = "default") -> None:
-        """Kaiming-uniform A (as ``nn.Linear`` initialises its weight) or N(0, 1/r) A; zero B."""
+        """Kaiming-uniform A (as ``nn.Linear`` initialises its weight) or N(0, 1/r) A with zero B; or, for
+        ``pissa``/``pissa_niter_K``/``olora``, the principal factors of W₀ (which keeps the residual)."""
+        if init.startswith("pissa") or init == "olora":
+            from lorakit.init import principal_init
+
+            principal_init(self, name, init)
+            return
         A, B = self.lora_A[name], self.lora_B[name]
         with torch.no_grad():
             if init == "gaussian":
@@ -41,20 +63,77 @@ class LoraLinear(LoraLayer):
                 nn.init.kaiming_uniform_(A, a=math.sqrt(5))
             nn.init.zeros_(B)
 
+    def is_quantized(self) -> bool:
+        return quant.is_quantized(self.base_layer)
+
+    def dense_weight(self) -> torch.Tensor:
+        """W₀ in fp32 as ``(out, in)``: dequantised if quantised, transposed if Conv1D."""
+        weight = self.read_weight()
+        return weight.T if self.fan_in_fan_out else weight
+
+    def read_weight(self) -> torch.Tensor:
+        return quant.dequantize(self.base_layer) if self.is_quantized() else super().read_weight()
+
+    def write_weight(self, weight: torch.Tensor, requantize: bool = False) -> None:
+        """Store ``weight``; a quantised base is re-quantised with ``requantize``, else replaced by a float
+        ``nn.Linear`` (in the dtype the model had before quantisation)."""
+        if not self.is_quantized():
+            return super().write_weight(weight)
+        if requantize:
+            return quant.set_weight(self.base_layer, weight)
+        base = self.base_layer
+        dtype = getattr(base, "lorakit_float_dtype", torch.float32)
+        dense = nn.Linear(self.in_features, self.out_features, bias=base.bias is not None, device=weight.device, dtype=dtype)
+        dense.weight.data.copy_(weight)
+        if base.bias is not None:
+            dense.bias.data.copy_(base.bias.data)
+        dense.requires_grad_(False)
+        self.base_layer = dense
+
+    def factor_product(self, name: str) -> torch.Tensor:
+        """``B·A`` (``B·diag(Λ)·A`` for AdaLoRA) in fp32, ``(out, in)``."""
+        A = self.lora_A[name].float()
+        if name in self.lora_E:
+            A = self.lora_E[name].float().view(-1, 1) * A  # (r, 1) ⊙ (r, in)
+        return self.lora_B[name].float() @ A  # (out, r)(r, in) -> (out, in)
+
     def delta_weight(self, name: str) -> torch.Tensor:
-        delta = self.scaling[name] * (self.lora_B[name].float() @ self.lora_A[name].float())  # (out, r)(r, in) -> (out, in)
+        delta = self.scaling[name] * self.factor_product(name)
         return delta.T if self.fan_in_fan_out else delta
+
+    def merged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        if name not in self.lora_magnitude:
+            return super().merged_weight(name, weight)
+        dense = weight.T if self.fan_in_fan_out else weight
+        merged, self.dora_factors[name] = dora.merged_weight(self, name, dense)
+        return merged.T if self.fan_in_fan_out else merged
+
+    def unmerged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        if name not in self.lora_magnitude:
+            return super().unmerged_weight(name, weight)
+        dense = weight.T if self.fan_in_fan_out else weight
+        restored = dora.unmerged_weight(self, name, dense, self.dora_factors.pop(name))
+        return restored.T if self.fan_in_fan_out else restored
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
         routing = self._check_routing()
         if routing is not None:
             return self._add_routed(x, out, routing)
-        for name in self._unmerged_active():
-            out = self._add_delta(x, out, name)
+        active = self._unmerged_active()
+        # Adding in place saves a copy, except on a custom autograd Function's view output (bitsandbytes with
+        # a bias) and when DoRA still needs the pure base output W₀x + b.
+        inplace = not out._is_view() and not any(n in self.lora_magnitude for n in active)
+        base_out = out
+        for name in active:
+            if name in self.lora_magnitude:
+                out = out + dora.extra_output(self, name, x, base_out).to(out.dtype)
+            else:
+                delta = self.factor_forward(self.adapter_input(x, name), name).to(out.dtype)
+                out = out.add_(delta, alpha=self.scaling[name]) if inplace else out + self.scaling[name] * delta
         return out
 
-    def _adapter_input(self, x: torch.Tensor, name: str) -> torch.Tensor:
+    def adapter_input(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """x cast to the adapter dtype (autocast does that itself), with dropout when training."""
         A = self.lora_A[name]
         if x.dtype != A.dtype and not torch.is_autocast_enabled(x.device.type):
@@ -62,22 +141,29 @@ class LoraLinear(LoraLayer):
         p = self.dropout_p[name]
         return F.dropout(x, p=p, training=self.training) if p > 0 else x
 
-    def _add_delta(self, x: torch.Tensor, out: torch.Tensor, name: str) -> torch.Tensor:
-        h = self._adapter_input(x, name)
+    def factor_forward(self, h: torch.Tensor, name: str) -> torch.Tensor:
+        """``B(A h)`` (``B(Λ ⊙ A h)`` for AdaLoRA), unscaled."""
         xa = F.linear(h, self.lora_A[name])  # (..., in) @ (in, r) -> (..., r)
-        delta = F.linear(xa, self.lora_B[name])  # (..., r) @ (r, out) -> (..., out)
-        return out.add_(delta.to(out.dtype), alpha=self.scaling[name])
+        if name in self.lora_E:
+            xa = xa * self.lora_E[name]  # (..., r) ⊙ (r,)
+        return F.linear(xa, self.lora_B[name])  # (..., r) @ (r, out) -> (..., out)
 
     def _add_routed(self, x: torch.Tensor, out: torch.Tensor, routing) -> torch.Tensor:
         """Per-row adapters: each group of rows sharing an adapter gets one segment matmul pair."""
         for name, rows in routing.groups.items():
             if name not in self.lora_A:
                 continue
-            h = self._adapter_input(x.index_select(0, rows), name)  # (n_rows, ..., in)
-            delta = F.linear(F.linear(h, self.lora_A[name]), self.lora_B[name])  # (n_rows, ..., r) -> (n_rows, ..., out)
-            out.index_add_(0, rows, delta.to(out.dtype), alpha=self.scaling[name])
+            x_rows = x.index_select(0, rows)  # (n_rows, ..., in)
+            if name in self.lora_magnitude:
+                delta, scale = dora.extra_output(self, name, x_rows, out.index_select(0, rows)), 1.0
+            else:
+                delta, scale = self.factor_forward(self.adapter_input(x_rows, name), name), self.scaling[name]
+            if out._is_view():
+                out = out.index_add(0, rows, delta.to(out.dtype), alpha=scale)
+            else:
+                out.index_add_(0, rows, delta.to(out.dtype), alpha=scale)
         return out
 
     def extra_repr(self) -> str:
-        ranks = ", ".join(f"{n}: r={self.rank(n)}" for n in self.adapter_names)
+        ranks = ", ".join(f"{n}: r={self.rank(n)}{' dora' if n in self.lora_magnitude else ''}" for n in self.adapter_names)
         return f"in={self.in_features}, out={self.out_features}, adapters=[{ranks}], active={list(self.active)}"
