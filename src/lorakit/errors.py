@@ -43,3 +43,7 @@ class ModelLoadError(LorakitError):
 
 class DataError(LorakitError):
     """A dataset file or row is invalid."""
+
+
+class TrainingError(LorakitError):
+    """A training run cannot go on (e.g. its loss became NaN/inf); the last good checkpoint is kept."""

@@ -210,6 +210,20 @@ def load_adapter(model: nn.Module, source: str | Path, name: str = "default", *,
     return model
 
 
+def restore_adapter(model: nn.Module, source: str | Path, name: str = "default") -> nn.Module:
+    """Overwrite the tensors of ``model``'s existing adapter ``name`` with those of an adapter directory.
+
+    The files are validated first (base fingerprint, keys, shapes); the adapter's trainability is unchanged.
+    """
+    state = adapter_state(model)
+    if name not in state.configs:
+        raise AdapterStateError(f"no adapter named {name!r}; the model has {list(state.configs) or 'none'}")
+    files = read_adapter(source)
+    check_base(model, files)
+    _copy_in(model, state.configs[name], name, check_fits(model, files))
+    return model
+
+
 def check_base(model: nn.Module, files: AdapterFiles, allow_base_mismatch: bool = False) -> None:
     theirs = files.base_fingerprint
     if theirs is None:

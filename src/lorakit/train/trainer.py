@@ -1,0 +1,295 @@
+"""The training loop: AdamW over adapter parameters, accumulation, clipping, schedule, checkpoints, DDP.
+
+One optimizer step with global batch ``G`` (``batch_size × grad_accum × processes`` examples) minimises
+``L = (1/N) Σ_{labelled tokens t ∈ G} CE_t + Σ_callbacks loss_term`` where ``N`` counts the labelled tokens of
+the whole global batch — known in advance from the labels — so the result does not depend on how ``G`` is split
+into micro-batches or processes. Under DDP each process scales its partial sum by ``W/N`` because DDP averages
+gradients over the ``W`` processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lorakit import __version__, atomic, bases
+from lorakit.data import EncodedData, collate
+from lorakit.errors import TrainingError
+from lorakit.io import save_adapter
+from lorakit.model import inject
+from lorakit.train import checkpoint, distributed, precision
+from lorakit.train.callbacks import Callback, MetricsLog, MLflowTracker, ProgressBar
+from lorakit.train.config import RunConfig, load_config
+from lorakit.train.loss import TokenLoss
+from lorakit.train.optim import make_optimizer, param_groups
+from lorakit.train.plot import plot_losses
+from lorakit.train.prepare import describe, prepare_data
+from lorakit.train.sampler import StepSampler
+from lorakit.train.schedule import lr_factor, warmup_steps
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped the run after finishing a step and saving ``checkpoint``."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(f"interrupted after step {step}; saved {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class Trainer:
+    """Trains adapter ``adapter`` of ``model`` on ``train_data`` as ``config`` says; writes into ``config.output``."""
+
+    def __init__(self, model: nn.Module, tokenizer, config: RunConfig | dict | str, train_data: EncodedData,
+                 eval_data: EncodedData | None = None, *, adapter: str = "default", callbacks: list[Callback] = (),
+                 progress: bool = True) -> None:
+        self.config = load_config(config)
+        self.model, self.tokenizer, self.adapter = model, tokenizer, adapter
+        self.train_data, self.eval_data = train_data, eval_data
+        self.dist = distributed.setup()
+        self.device = next(model.parameters()).device
+        self.output = Path(self.config.output)
+        self.precision = precision.resolve(self.config.train.precision, self.device.type)
+        cfg = self.config.train
+        self.sampler = StepSampler(len(train_data), cfg.batch_size, cfg.grad_accum, self.dist.world, cfg.seed)
+        self.warmup = warmup_steps(cfg.max_steps, cfg.warmup_ratio)
+        self.groups = param_groups(model, adapter, cfg.lr, cfg.weight_decay, cfg.loraplus_ratio)
+        self.params = [p for g in self.groups for p in g["params"]]
+        self.optimizer = make_optimizer(self.groups)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        self.state = checkpoint.TrainerState()
+        defaults: list[Callback] = [MetricsLog(self.output / "metrics.jsonl")]
+        if progress:
+            defaults.append(ProgressBar())
+        if self.config.tracking.mlflow:
+            tracking = self.config.tracking
+            defaults.append(MLflowTracker(tracking.mlflow, tracking.experiment, tracking.run_name or self.output.name))
+        self.callbacks = [cb for cb in [*defaults, *callbacks] if self.dist.main or not cb.main_only]
+        self._stop_signal: int | None = None
+
+    @classmethod
+    def from_config(cls, config: RunConfig | dict | str, overrides: list[str] | None = None, *, train_data: Any = None,
+                    eval_data: Any = None, callbacks: list[Callback] = (), progress: bool = True) -> "Trainer":
+        """Load the base, inject the adapter (seeded by ``train.seed``), read the data; ready to :meth:`fit`."""
+        cfg = load_config(config, overrides)
+        info = distributed.setup()
+        model, tokenizer = bases.load(cfg.base, device=info.device)
+        torch.manual_seed(cfg.train.seed)
+        inject(model, cfg.lora_config())
+        if cfg.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        train, evaluation = prepare_data(cfg, tokenizer, train_data, eval_data)
+        return cls(model, tokenizer, cfg, train, evaluation, callbacks=callbacks, progress=progress)
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
+        """Train to ``max_steps`` (or early stop); ``resume``: ``auto`` or a checkpoint directory. Returns the summary."""
+        cfg = self.config.train
+        started = time.perf_counter()
+        found = checkpoint.find_resume(self.output, resume)
+        if found is not None:
+            self.state = checkpoint.load(found, self.model, self.adapter, self.optimizer, self.config.resolved())
+            checkpoint.set_rng_state(self.state.rng[self.dist.rank])
+        else:
+            torch.manual_seed(cfg.seed + 1 + self.dist.rank)
+        loss_fn: nn.Module = TokenLoss(self.model)
+        if self.dist.world > 1:
+            loss_fn = nn.parallel.DistributedDataParallel(loss_fn, broadcast_buffers=False)
+        self.loss_fn = loss_fn
+        if self.dist.main:
+            self.output.mkdir(parents=True, exist_ok=True)
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        last_metrics: dict[str, Any] = {}
+        completed = True
+        self.model.train()
+        try:
+            with self._signals():
+                while self.state.step < cfg.max_steps:
+                    last_metrics = self._step()
+                    step = self.state.step
+                    if self.eval_data is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                        self._evaluate()
+                    if cfg.save_every and step % cfg.save_every == 0:
+                        self._save_checkpoint()
+                    if self._should_stop():
+                        raise TrainingInterrupted(step, self._save_checkpoint())
+                    if cfg.early_stopping_patience and self.state.evals_without_gain >= cfg.early_stopping_patience:
+                        completed = False
+                        break
+        except BaseException as err:
+            for cb in self.callbacks:
+                cb.on_abort(self, err)
+            raise
+        finally:
+            self.model.eval()
+        return self._finish(last_metrics, completed, time.perf_counter() - started)
+
+    def _step(self) -> dict[str, Any]:
+        cfg = self.config.train
+        step = self.state.step
+        begin = time.perf_counter()
+        factor = lr_factor(step, cfg.max_steps, self.warmup, cfg.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        indices = self.sampler.step_indices(step)
+        n_targets = sum(self.train_data.examples[i].target_count for i in indices)
+        micro = self.sampler.micro_batches(indices, self.dist.rank)
+        loss_sum, tokens = 0.0, 0
+        for m, rows in enumerate(micro):
+            batch = collate([self.train_data.examples[i] for i in rows], self.pad_id)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            tokens += int(batch["attention_mask"].sum())
+            sync = m == len(micro) - 1
+            no_sync = self.loss_fn.no_sync() if self.dist.world > 1 and not sync else contextlib.nullcontext()
+            with no_sync:
+                with precision.autocast(self.precision, self.device.type):
+                    partial = self.loss_fn(**batch)
+                loss = partial * (self.dist.world / max(n_targets, 1))
+                if sync:
+                    for cb in self.callbacks:
+                        term = cb.loss_term(self)
+                        if term is not None:
+                            loss = loss + term
+                loss.backward()
+            loss_sum += float(partial.detach())
+        loss_sum, tokens = distributed.all_sum([loss_sum, float(tokens)], self.dist)
+        mean_loss = loss_sum / max(n_targets, 1)
+        if not math.isfinite(mean_loss):
+            self._diverged(step + 1, f"the loss is {mean_loss}")
+        for cb in self.callbacks:
+            cb.on_before_optimizer_step(self)
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        if not math.isfinite(grad_norm):
+            self._diverged(step + 1, f"the gradient norm is {grad_norm}")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step = step + 1
+        seconds = time.perf_counter() - begin
+        metrics = {"step": step + 1, "epoch": round(self.sampler.epoch_of(step + 1), 4), "loss": mean_loss,
+                   "lr": cfg.lr * factor, "grad_norm": grad_norm, "tokens": int(tokens),
+                   "tokens_per_s": tokens / seconds if seconds > 0 else 0.0, "step_s": seconds}
+        for cb in self.callbacks:
+            cb.on_step_end(self, metrics)
+        return metrics
+
+    def _diverged(self, step: int, what: str) -> None:
+        saved = checkpoint.list_checkpoints(self.output / "checkpoints")
+        last = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was written yet"
+        raise TrainingError(f"step {step}: {what}; training stopped and {last}. Lower train.lr or set "
+                            "train.max_grad_norm, then resume with --resume <checkpoint>")
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean cross-entropy per labelled token over the eval data (each process takes a shard)."""
+        if self.eval_data is None:
+            raise TrainingError("no evaluation data: set data.eval or data.eval_fraction")
+        was_training = self.model.training
+        self.model.eval()
+        examples = self.eval_data.examples[self.dist.rank::self.dist.world]
+        size = self.config.train.batch_size
+        total, count = 0.0, 0.0
+        module = self.loss_fn.module if isinstance(self.loss_fn, nn.parallel.DistributedDataParallel) else self.loss_fn
+        for start in range(0, len(examples), size):
+            chunk = examples[start:start + size]
+            batch = {k: v.to(self.device) for k, v in collate(chunk, self.pad_id).items()}
+            with precision.autocast(self.precision, self.device.type):
+                total += float(module(**batch))
+            count += sum(e.target_count for e in chunk)
+        total, count = distributed.all_sum([total, count], self.dist)
+        self.model.train(was_training)
+        return total / max(count, 1.0)
+
+    def _evaluate(self) -> dict[str, Any]:
+        value = self.evaluate()
+        step = self.state.step
+        if self.state.best_eval is None or value < self.state.best_eval:
+            self.state.best_eval, self.state.best_step, self.state.evals_without_gain = value, step, 0
+            if self.dist.main:
+                save_adapter(self.model, self.output / "best", self.adapter, metadata={"step": step, "eval_loss": value})
+        else:
+            self.state.evals_without_gain += 1
+        metrics = {"step": step, "eval_loss": value}
+        for cb in self.callbacks:
+            cb.on_evaluate(self, metrics)
+        return metrics
+
+    # -- checkpoints, signals, the end -------------------------------------------------------------------
+    def _save_checkpoint(self) -> Path:
+        self.state.rng = distributed.gather(checkpoint.rng_state(), self.dist)
+        root = self.output / "checkpoints"
+        directory = checkpoint.step_dir(root, self.state.step)
+        if self.dist.main:
+            checkpoint.save(directory, self.model, self.adapter, self.optimizer, self.state, self.config.resolved(),
+                            self._provenance())
+            checkpoint.prune(root, self.config.train.keep_checkpoints)
+            for cb in self.callbacks:
+                cb.on_save(self, directory)
+        distributed.barrier(self.dist)
+        return directory
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGINT/SIGTERM ask the loop to stop after the current step; a second Ctrl-C stops at once."""
+        def request(signum, _frame):
+            self._stop_signal = signum
+            signal.signal(signum, previous[signum])
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, request)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _should_stop(self) -> bool:
+        flag = distributed.all_sum([1.0 if self._stop_signal is not None else 0.0], self.dist)[0]
+        return flag > 0
+
+    def _provenance(self) -> dict[str, Any]:
+        return {"training": {"config": self.config.resolved(), "step": self.state.step, "precision": self.precision,
+                             "processes": self.dist.world, "dataset": {"train": describe(self.train_data),
+                                                                       "eval": describe(self.eval_data)}}}
+
+    def _finish(self, last: dict[str, Any], completed: bool, seconds: float) -> dict[str, Any]:
+        cfg = self.config.train
+        step = self.state.step
+        if self.eval_data is not None and (not cfg.eval_every or step % cfg.eval_every):
+            self._evaluate()
+        if not cfg.save_every or step % cfg.save_every:
+            self._save_checkpoint()
+        metrics = {"steps": step, "final_loss": last.get("loss"), "best_eval_loss": self.state.best_eval,
+                   "best_step": self.state.best_step}
+        summary = {"completed": completed, "metrics": metrics, "wall_seconds": round(seconds, 2),
+                   "output": str(self.output), "adapter": str(self.output / "adapter")}
+        if self.dist.main:
+            provenance = self._provenance()
+            provenance["training"].update({"metrics": metrics, "wall_seconds": summary["wall_seconds"],
+                                           "early_stopped": not completed})
+            save_adapter(self.model, self.output / "adapter", self.adapter, metadata=provenance)
+            record = {"lorakit_version": __version__, "base": {"name_or_path": self.config.base,
+                                                               "fingerprint": bases.fingerprint(self.model)},
+                      **provenance["training"]}
+            atomic.write_text(self.output / "lorakit.json", json.dumps(record, indent=2, default=str) + "\n")
+        for cb in self.callbacks:
+            cb.on_train_end(self, summary)
+        if self.dist.main:
+            png = plot_losses(self.output / "metrics.jsonl", self.output / "loss.png")
+            summary["loss_png"] = str(png) if png else None
+        distributed.barrier(self.dist)
+        return summary
