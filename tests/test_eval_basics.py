@@ -7,7 +7,7 @@ import torch
 
 import lorakit as lk
 from lorakit.eval.drift import drift_kl
-from lorakit.eval.generate import encode, generate, render
+from lorakit.eval.generate import generate, prompt_ids, render
 from lorakit.eval.regression import general_choices, general_prompts, general_texts
 from tests.helpers import randomize_adapter, tiny_llama
 
@@ -29,7 +29,7 @@ def model():
 
 
 def _greedy_by_hand(model, tokenizer, prompt, steps):
-    ids = torch.tensor([encode(tokenizer, render(tokenizer, prompt))])
+    ids = torch.tensor([prompt_ids(tokenizer, prompt)])
     new = []
     with torch.no_grad():
         for _ in range(steps):
@@ -70,7 +70,7 @@ def test_drift_equals_direct_kl_per_prompt(model, tokenizer):
     prompts = general_prompts()[:3]
     total, count = 0.0, 0
     for p in prompts:
-        ids = torch.tensor([encode(tokenizer, render(tokenizer, p))])
+        ids = torch.tensor([prompt_ids(tokenizer, p)])
         with torch.no_grad(), lk.disabled(model):
             base = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
         with torch.no_grad():

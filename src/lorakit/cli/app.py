@@ -30,6 +30,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def _register() -> None:
     from lorakit.cli import info  # noqa: F401  (each module adds its commands to ``app``)
     from lorakit.cli import algebra  # noqa: F401
+    from lorakit.cli import eval  # noqa: F401
 
 
 def main() -> None:

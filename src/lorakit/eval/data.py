@@ -1,19 +1,19 @@
-"""Evaluation data files: JSONL rows with a prompt and a reference, read with ``file:line`` errors.
+"""Evaluation data files: rows with a prompt and a reference, read with ``file:line`` errors.
 
-One JSON object per line. The prompt is ``prompt`` (text), ``messages`` (a chat: ``[{"role", "content"}, …]``;
+JSONL (one JSON object per line), CSV or Parquet, read by the data layer; its chat, instruction and
+completion formats are all accepted. The prompt is ``prompt`` (text), ``messages`` (a chat: ``[{"role", "content"}, …]``;
 a final assistant message is the reference), ``instruction`` (+ optional ``input``) or ``question``.
 The reference is ``reference`` (text or a JSON object), ``completion``, ``output`` or ``response``.
 A multiple-choice row has ``choices`` (a list of texts) and ``answer`` (an index or one of the choices).
-Blank lines are skipped.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorakit.data.load import load_rows as load_data_rows
 from lorakit.errors import DataError
 from lorakit.eval.generate import Prompt
 
@@ -29,29 +29,15 @@ class EvalRow:
     reference: str | dict | None = None
     choices: list[str] | None = None
     answer: int | None = None
+    plain: bool = False  # completion format (``prompt`` + ``completion``): plain text, no chat template
 
 
-def read_jsonl(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
-    """``(file:line, object)`` for every non-blank line; invalid JSON, non-objects or no rows raise :class:`DataError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: data file not found")
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                obj = json.loads(line)
-            except ValueError as err:
-                raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: each line must be a JSON object, got {type(obj).__name__}")
-            rows.append((where, obj))
-    if not rows:
-        raise DataError(f"{path}: the data file is empty; write one JSON object per line")
-    return rows
+def read_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(file:line, object)`` for every row of a JSONL/CSV/Parquet file (read by :mod:`lorakit.data.load`).
+
+    A missing file, a line that is not a JSON object, or a file without rows raises :class:`DataError`.
+    """
+    return [(row.where, row.data) for row in load_data_rows(Path(path)).rows]
 
 
 def _prompt(where: str, obj: dict) -> tuple[Prompt, str | None]:
@@ -105,12 +91,12 @@ def parse_row(where: str, obj: dict) -> EvalRow:
             if not isinstance(reference, (str, dict)):
                 raise DataError(f"{where}: '{key}' must be text or a JSON object, got {type(reference).__name__}")
             break
-    row = EvalRow(where=where, prompt=prompt, reference=reference)
+    row = EvalRow(where=where, prompt=prompt, reference=reference, plain="completion" in obj and "prompt" in obj)
     if "choices" in obj:
         row.choices, row.answer = _choices(where, obj)
     return row
 
 
 def load_rows(path: str | Path) -> list[EvalRow]:
-    """Every row of an evaluation JSONL file."""
-    return [parse_row(where, obj) for where, obj in read_jsonl(path)]
+    """Every row of an evaluation data file."""
+    return [parse_row(where, obj) for where, obj in read_rows(path)]

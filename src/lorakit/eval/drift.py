@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lorakit.eval.generate import Prompt, encode, pad_id, render
+from lorakit.eval.generate import Prompt, pad_id, prompt_ids
 from lorakit.eval.scoring import right_pad
 from lorakit.model import disabled
 
@@ -27,7 +27,7 @@ def drift_kl(model: nn.Module, tokenizer, prompts: Sequence[Prompt] | None = Non
         prompts = general_prompts()
     device = next(model.parameters()).device
     pad = pad_id(tokenizer)
-    rows = [encode(tokenizer, render(tokenizer, p)) for p in prompts]
+    rows = [prompt_ids(tokenizer, p) for p in prompts]
     total, positions = 0.0, 0
     for begin in range(0, len(rows), batch_size):
         ids, mask = right_pad(rows[begin:begin + batch_size], pad, device)

@@ -10,6 +10,10 @@ from torch import nn
 Prompt = str | list[dict]
 
 
+def _templated(tokenizer, prompt: Prompt, chat: bool) -> bool:
+    return isinstance(prompt, list) or (chat and getattr(tokenizer, "chat_template", None) is not None)
+
+
 def render(tokenizer, prompt: Prompt, *, chat: bool = True) -> str:
     """The text the model sees for ``prompt``.
 
@@ -17,16 +21,15 @@ def render(tokenizer, prompt: Prompt, *, chat: bool = True) -> str:
     treated as one user message when ``chat`` is true and the tokenizer has a template; otherwise it is used
     as it is (plain completion).
     """
-    if isinstance(prompt, str) and not (chat and getattr(tokenizer, "chat_template", None)):
+    if not _templated(tokenizer, prompt, chat):
         return prompt
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def encode(tokenizer, text: str) -> list[int]:
-    """Token ids of already-rendered text (the chat template carries its own special tokens)."""
-    has_template = getattr(tokenizer, "chat_template", None) is not None
-    return tokenizer(text, add_special_tokens=not has_template)["input_ids"]
+def prompt_ids(tokenizer, prompt: Prompt, *, chat: bool = True) -> list[int]:
+    """Token ids of the rendered prompt. A chat template carries its own special tokens; plain text gets the tokenizer's."""
+    return tokenizer(render(tokenizer, prompt, chat=chat), add_special_tokens=not _templated(tokenizer, prompt, chat))["input_ids"]
 
 
 def pad_id(tokenizer) -> int:
@@ -61,7 +64,7 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[Prompt], *, max_new_
     eos = tokenizer.eos_token_id
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        rows = [encode(tokenizer, render(tokenizer, p, chat=chat)) for p in prompts[start:start + batch_size]]
+        rows = [prompt_ids(tokenizer, p, chat=chat) for p in prompts[start:start + batch_size]]
         ids, mask = left_pad(rows, pad, device)
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=pad, eos_token_id=eos, num_beams=1)

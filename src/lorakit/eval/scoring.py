@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lorakit.eval.generate import Prompt, encode, pad_id, render
+from lorakit.eval.generate import Prompt, pad_id, prompt_ids
 
 
 def right_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,16 +68,16 @@ def continuation_ids(tokenizer, context: Prompt, continuation: str, *, chat: boo
 
     Without a chat template the continuation is preceded by one space, as a plain language model expects.
     """
-    context_ids = encode(tokenizer, render(tokenizer, context, chat=chat))
-    templated = chat and getattr(tokenizer, "chat_template", None) is not None
-    text = continuation if templated or isinstance(context, list) else " " + continuation.lstrip()
+    context_ids = prompt_ids(tokenizer, context, chat=chat)
+    templated = isinstance(context, list) or (chat and getattr(tokenizer, "chat_template", None) is not None)
+    text = continuation if templated else " " + continuation.lstrip()
     return context_ids, tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def reference_likelihood(model: nn.Module, tokenizer, prompts: Sequence[Prompt], references: Sequence[str], *,
-                         batch_size: int = 8) -> Likelihood:
+                         batch_size: int = 8, chat: bool = True) -> Likelihood:
     """Token-weighted NLL of each reference answer given its prompt: ``Σ_rows Σ_t −log p(ref_t | prompt, ref_<t)``."""
-    pairs = [continuation_ids(tokenizer, p, r) for p, r in zip(prompts, references)]
+    pairs = [continuation_ids(tokenizer, p, r, chat=chat) for p, r in zip(prompts, references)]
     logps = token_logprobs(model, [c + r for c, r in pairs], [max(len(c), 1) for c, _ in pairs],
                            pad=pad_id(tokenizer), batch_size=batch_size)
     return Likelihood(nll=-sum(float(lp.sum()) for lp in logps), tokens=sum(lp.numel() for lp in logps))

@@ -1,0 +1,60 @@
+"""``lorakit eval``: the base and adapters side by side on your data and the general sets; report and drift gate."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import typer
+
+from lorakit.cli.app import app
+from lorakit.errors import ConfigError
+
+_DTYPES = ("float32", "bfloat16")
+
+
+def parse_adapter(text: str) -> tuple[str, str]:
+    """``NAME=DIR`` (or ``NAME=registry:ref``), or a bare ``DIR`` named after its last path component."""
+    name, sep, source = text.partition("=")
+    if not sep:
+        source = text
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", Path(text.rstrip("/")).name or "adapter")
+    if not name or not source:
+        raise ConfigError(f"--adapter {text!r}: give NAME=DIR, e.g. --adapter triage=runs/quickstart/adapter")
+    return name, source
+
+
+@app.command("eval")
+def eval_command(
+        base: str = typer.Option("smollm2-135m-instruct", "--base", help="Base model: the default's name or a local directory."),
+        adapter: list[str] = typer.Option([], "--adapter", help="NAME=DIR (or NAME=registry:name@version); repeat to compare."),
+        data: Path = typer.Option(..., "--data", help="Evaluation rows: JSONL/CSV/Parquet (prompt or messages, reference)."),
+        task: Path = typer.Option(None, "--task", help="Task spec YAML (metrics, fields, schema, regex, max_new_tokens, …)."),
+        regression: str = typer.Option("default", "--regression", help="'default' (shipped sets), 'none', or a YAML naming "
+                                                                       "your prompts/text/choices files."),
+        max_drift: str = typer.Option(None, "--max-drift", help="Gate: KL threshold, or kl=…,ppl=…,mc=… ; exit 1 when an "
+                                                                "adapter exceeds one."),
+        out: Path = typer.Option(Path("runs/eval"), "--out", help="Directory for report.json and report.html."),
+        dtype: str = typer.Option("float32", "--dtype", help="Compute dtype of the base: float32 or bfloat16."),
+        as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the tables."),
+) -> None:
+    """Evaluate the base and each adapter: task metrics, regression against the base, report files, drift gate."""
+    import torch
+
+    from lorakit.eval.report_table import print_report
+    from lorakit.eval.runner import evaluate
+
+    if dtype not in _DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    adapters = dict(parse_adapter(a) for a in adapter)
+    if len(adapters) != len(adapter):
+        raise ConfigError("two --adapter options have the same NAME; give each adapter its own name")
+    report = evaluate(base, adapters, data, task=task, regression=regression, max_drift=max_drift,
+                      dtype=getattr(torch, dtype))
+    report.write(out)
+    if as_json:
+        typer.echo(report.to_json())
+    else:
+        print_report(report)
+    if not report.passed:
+        raise typer.Exit(1)
