@@ -6,6 +6,7 @@ from lorakit import bases, errors  # noqa: E402
 from lorakit.config import LoraConfig  # noqa: E402
 from lorakit.io import load_adapter, read_adapter, save_adapter  # noqa: E402
 from lorakit.merge import merge, merge_and_unload, unload, unmerge  # noqa: E402
+from lorakit import registry  # noqa: E402  (registers the "registry:NAME@VERSION" adapter source; SQLAlchemy loads lazily)
 from lorakit.model import (active_adapters, adapter_names, delete_adapter, disabled, inject,  # noqa: E402
                            row_adapters, set_active, trainable_summary)
 from lorakit.eval.runner import evaluate  # noqa: E402

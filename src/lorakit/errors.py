@@ -47,3 +47,7 @@ class DataError(LorakitError):
 
 class TrainingError(LorakitError):
     """A training run cannot go on (e.g. its loss became NaN/inf); the last good checkpoint is kept."""
+
+
+class RegistryError(LorakitError):
+    """The adapter registry cannot be opened, is from a newer lorakit, or was asked about something it does not hold."""

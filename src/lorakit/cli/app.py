@@ -31,12 +31,13 @@ def _register() -> None:
     from lorakit.cli import info  # noqa: F401  (each module adds its commands to ``app``)
     from lorakit.cli import algebra  # noqa: F401
     from lorakit.cli import eval  # noqa: F401
+    from lorakit.cli import registry  # noqa: F401
 
 
 def main() -> None:
     _register()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it here
     except LorakitError as err:
         typer.echo(f"error: {err}".replace("\n", " "), err=True)
         sys.exit(2)
@@ -55,3 +56,5 @@ def main() -> None:
             err.show()
             sys.exit(2)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

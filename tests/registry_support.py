@@ -1,0 +1,133 @@
+"""Registry test support: a throwaway PostgreSQL cluster, a ``registry_url`` fixture over both backends, and
+small real adapter directories to register.
+
+The cluster is a real ``postgres`` server: ``initdb`` into a temporary directory (as the ``postgres`` user when
+the tests run as root, since PostgreSQL refuses to run as root), listening on a free loopback port, started
+once per test process and stopped (and deleted) when the process exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import glob
+import os
+import pwd
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+import lorakit as lk
+from tests.helpers import randomize_adapter, tiny_llama
+
+_SETUP_HINT = "run scripts/setup.d/20-postgresql.sh (make setup) to install PostgreSQL"
+
+
+def pg_bin_dir() -> Path:
+    """The directory holding ``initdb`` and ``pg_ctl``: ``$LORAKIT_PG_BIN``, Debian's newest
+    ``/usr/lib/postgresql/N/bin``, or wherever ``initdb`` is on PATH."""
+    candidates = [os.environ.get("LORAKIT_PG_BIN", "")]
+    versions = glob.glob("/usr/lib/postgresql/*/bin")
+    candidates += sorted(versions, key=lambda d: int(re.sub(r"\D", "", Path(d).parent.name) or 0), reverse=True)
+    on_path = shutil.which("initdb")
+    candidates.append(str(Path(on_path).resolve().parent) if on_path else "")
+    for candidate in candidates:
+        if candidate and all(os.access(Path(candidate) / tool, os.X_OK) for tool in ("initdb", "pg_ctl", "postgres")):
+            return Path(candidate)
+    raise RuntimeError(f"PostgreSQL server binaries (initdb, pg_ctl) not found; {_SETUP_HINT}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Cluster:
+    """One running PostgreSQL server in a temporary directory; ``new_database()`` gives each test its own DB."""
+
+    def __init__(self) -> None:
+        self.bin = pg_bin_dir()
+        self.root = Path(tempfile.mkdtemp(prefix="lorakit-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            try:
+                account = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError(f"running as root and there is no 'postgres' user to run the server; {_SETUP_HINT}") from None
+            os.chown(self.root, account.pw_uid, account.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else ["su", "postgres", "-s", "/bin/sh", "-c"]
+
+    def _command(self, *args: str) -> list[str]:
+        if self.as_user[:1] == ["su"]:
+            return [*self.as_user, " ".join(shlex.quote(a) for a in args)]
+        return [*self.as_user, *args]
+
+    def _run(self, *args: str) -> None:
+        done = subprocess.run(self._command(*args), capture_output=True, text=True, cwd=self.root, timeout=120)
+        if done.returncode != 0:
+            log = (self.root / "server.log").read_text() if (self.root / "server.log").exists() else ""
+            raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}): {done.stderr.strip()} {log[-2000:]}")
+
+    def start(self) -> Cluster:
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "lorakit", "--auth=trust", "-E", "UTF8",
+                  "--locale=C", "--no-sync")
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
+                   "-c max_connections=60 -c shared_buffers=32MB")
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", "60",
+                  "-o", options, "start")
+        atexit.register(self.stop)
+        return self
+
+    def stop(self) -> None:
+        if self.data.exists():
+            subprocess.run(self._command(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"),
+                           capture_output=True, timeout=60, cwd=self.root)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://lorakit@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=lorakit dbname=postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+@functools.cache
+def cluster() -> Cluster:
+    return Cluster().start()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request, tmp_path) -> str:
+    """A fresh, empty registry database: a SQLite file, or a new database on the PostgreSQL test cluster."""
+    if request.param == "sqlite":
+        return str(tmp_path / "registry.db")
+    return cluster().new_database()
+
+
+@functools.cache
+def _model():
+    model = tiny_llama()
+    lk.inject(model, lk.LoraConfig(r=4, alpha=8, targets=["q_proj", "v_proj"]))
+    return model
+
+
+def make_adapter(path: Path, *, seed: int = 0, metadata: dict | None = None) -> Path:
+    """A real adapter directory for the tiny Llama (weights differ by ``seed``) with ``metadata`` in lorakit.json."""
+    model = _model()
+    randomize_adapter(model, seed=seed)
+    return lk.save_adapter(model, path, metadata=metadata)

@@ -1,0 +1,233 @@
+"""The registry on SQLite and on a real PostgreSQL server: every field round-trips, lineage answers
+``trained-on`` through generations, promotion is ruled and audited, verify catches tampering, and
+``registry:NAME@production`` loads through the registry with hash and base-fingerprint checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+from sqlalchemy import text
+
+import lorakit as lk
+from lorakit.errors import AdapterFileError, BaseMismatchError, LorakitError, RegistryError
+from lorakit.registry import Registry
+from tests.helpers import logits, token_batch, tiny_llama
+from tests.registry_support import make_adapter, registry_url  # noqa: F401  (fixture)
+
+D1 = {"name": "support-tickets", "path": "/data/support.jsonl", "sha256": "a1" * 32, "rows": 1200,
+      "license": "CC-BY-4.0", "notes": "de-identified"}
+D2 = {"name": "faq", "path": "/data/faq.jsonl", "sha256": "b2" * 32, "rows": 300}
+
+
+def _weights_sha(path) -> str:
+    return hashlib.sha256((path / "adapter_model.safetensors").read_bytes()).hexdigest()
+
+
+def test_round_trip_of_every_field(registry_url, tmp_path):
+    meta = {"base": {"name_or_path": "tiny-llama", "fingerprint": lk.bases.fingerprint(tiny_llama()),
+                     "architecture": "LlamaForCausalLM", "parameters": 123456},
+            "dataset": D1, "metrics": {"eval": {"loss": 1.25, "accuracy": 0.8}, "train_loss": 0.9},
+            "description": "from lorakit.json", "tags": ["from-meta"]}
+    path = make_adapter(tmp_path / "support", metadata=meta)
+    with Registry(registry_url, actor="alice") as registry:
+        added = registry.add(path, version="2024.1", owner="team-support", description="answers tickets",
+                             tags=["prod-candidate", "cpu"])
+    with Registry(registry_url) as registry:  # a new connection reads back what was committed
+        got = registry.get("support@2024.1")
+        history = registry.audit("support")
+    assert got == added
+    on_disk = json.loads((path / "lorakit.json").read_text())
+    assert (got.name, got.version, got.path, got.status) == ("support", "2024.1", str(path.resolve()), "draft")
+    assert (got.owner, got.description) == ("team-support", "answers tickets")
+    assert got.tags == ["cpu", "from-meta", "prod-candidate"]
+    assert (got.rank, got.alpha, got.targets, got.task_type) == (4, 8.0, "q_proj,v_proj", "CAUSAL_LM")
+    files = {p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "size": p.stat().st_size} for p in path.iterdir()}
+    assert got.files == files and got.size_bytes == sum(f["size"] for f in files.values())
+    assert got.base == {"name": "tiny-llama", "fingerprint": meta["base"]["fingerprint"],
+                        "architecture": "LlamaForCausalLM", "parameters": 123456}
+    assert got.datasets == [{"name": "support-tickets", "uri": "/data/support.jsonl", "sha256": "a1" * 32, "rows": 1200,
+                             "license": "CC-BY-4.0", "notes": "de-identified", "role": "train"}]
+    assert sorted((m["name"], m["value"], m["split"]) for m in got.metrics) == [
+        ("accuracy", 0.8, "eval"), ("loss", 1.25, "eval"), ("train_loss", 0.9, None)]
+    assert got.trained_at == on_disk["created_at"] and got.lorakit_version == lk.__version__
+    assert got.meta == on_disk and got.parents == []
+    assert got.created_at.endswith("+00:00") and got.status_changed_at == got.created_at
+    assert [(e["actor"], e["action"], e["adapter"]) for e in history] == [("alice", "register", "support@2024.1")]
+
+
+def _family(tmp_path):
+    """a (trained on D1) and b (trained on D2) → c = combine(a, b) → d = compress(c), as the algebra writes them."""
+    a = make_adapter(tmp_path / "a", seed=1, metadata={"dataset": D1})
+    b = make_adapter(tmp_path / "b", seed=2, metadata={"dataset": D2})
+    c = make_adapter(tmp_path / "c", seed=3, metadata={"lineage": {"method": "linear", "params": {"density": 1.0}, "parents": [
+        {"path": str(a), "sha256": _weights_sha(a), "weight": 0.7}, {"path": str(b), "sha256": _weights_sha(b), "weight": 0.3}]}})
+    d = make_adapter(tmp_path / "d", seed=4, metadata={"lineage": {"method": "compress", "parents": [{"path": "../c"}]}})
+    return a, b, c, d
+
+
+def test_lineage_through_two_generations_answers_trained_on(registry_url, tmp_path):
+    a, b, c, d = _family(tmp_path)
+    with Registry(registry_url) as registry:
+        registry.add(a)
+        registry.add(d)  # c and b are not registered yet: they are registered first, in the same transaction
+        assert [r.ref for r in registry.list()] == ["a@1", "b@1", "c@1", "d@1"]
+        assert registry.get("c").parents == [{"ref": "a@1", "method": "linear", "weight": 0.7, "params": {"density": 1.0}},
+                                             {"ref": "b@1", "method": "linear", "weight": 0.3, "params": {"density": 1.0}}]
+        first = registry.trained_on("support-tickets")
+        assert [(x["ref"], x["via"]) for x in first["adapters"]] == [("a@1", []), ("c@1", ["a@1"]), ("d@1", ["a@1", "c@1"])]
+        second = registry.trained_on("b2b2b2b2b2")  # a sha256 prefix
+        assert [(x["ref"], x["via"]) for x in second["adapters"]] == [("b@1", []), ("c@1", ["b@1"]), ("d@1", ["b@1", "c@1"])]
+        assert registry.trained_on("/data/faq.jsonl")["datasets"][0]["rows"] == 300
+        graph = registry.lineage("d")
+        tree = graph["tree"]
+        assert tree["ref"] == "d@1" and [p["ref"] for p in tree["parents"]] == ["c@1"]
+        grand = tree["parents"][0]["parents"]
+        assert [(p["ref"], p["weight"], p["datasets"][0]["name"]) for p in grand] == [("a@1", 0.7, "support-tickets"),
+                                                                                      ("b@1", 0.3, "faq")]
+        assert [x["ref"] for x in registry.lineage("a@1")["descendants"]] == ["c@1", "d@1"]
+
+
+def test_promotion_rules_and_audit(registry_url, tmp_path):
+    path = make_adapter(tmp_path / "support")
+    with Registry(registry_url, actor="bob") as registry:
+        for _ in range(3):
+            registry.add(path)
+        assert registry.promote("support@1", "staging").status == "staging"
+        assert registry.promote("support@staging").status == "production"
+        registry.promote("support@2")  # one production version per name: support@1 goes back to staging
+        assert [(r.ref, r.status) for r in registry.list()] == [("support@1", "staging"), ("support@2", "production"),
+                                                                ("support@3", "draft")]
+        assert registry.get("support@production").ref == "support@2"
+        registry.promote("support@3", allow_multiple=True)
+        assert [r.ref for r in registry.list(status="production")] == ["support@2", "support@3"]
+        assert registry.get("support@production").ref == "support@3"  # the most recently promoted
+        registry.retire("support@3", reason="regressed on faq")
+        assert registry.get("support@production").ref == "support@2"
+        with pytest.raises(RegistryError, match="retired and cannot be promoted"):
+            registry.promote("support@3")
+        with pytest.raises(RegistryError, match="choose staging or production"):
+            registry.promote("support@1", "draft")
+        with pytest.raises(RegistryError, match="say which version"):
+            registry.retire("support")
+        entries = registry.audit("support")
+    assert [(e["action"], e["adapter"], e["details"].get("from"), e["details"].get("to")) for e in entries] == [
+        ("register", "support@1", None, None), ("register", "support@2", None, None), ("register", "support@3", None, None),
+        ("promote", "support@1", "draft", "staging"), ("promote", "support@1", "staging", "production"),
+        ("demote", "support@1", "production", "staging"), ("promote", "support@2", "draft", "production"),
+        ("promote", "support@3", "draft", "production"), ("retire", "support@3", "production", "retired")]
+    assert {e["actor"] for e in entries} == {"bob"} and entries[-1]["details"]["reason"] == "regressed on faq"
+
+
+def test_audit_log_is_append_only_in_the_database(registry_url, tmp_path):
+    with Registry(registry_url) as registry:
+        registry.add(make_adapter(tmp_path / "x"))
+        for statement in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"):
+            with pytest.raises(RegistryError, match="append-only"):
+                with registry.writing() as session:
+                    session.execute(text(statement))
+        assert [e["actor"] for e in registry.audit()] == [registry.actor]
+
+
+def test_verify_catches_a_modified_an_added_and_a_missing_file(registry_url, tmp_path):
+    path = make_adapter(tmp_path / "support")
+    with Registry(registry_url) as registry:
+        registry.add(path)
+        assert registry.verify("support") == [{"ref": "support@1", "path": str(path), "ok": True, "problems": []}]
+        weights = bytearray((path / "adapter_model.safetensors").read_bytes())
+        weights[-1] ^= 1
+        (path / "adapter_model.safetensors").write_bytes(bytes(weights))
+        (path / "lorakit.json").unlink()
+        (path / "adapter_model.bin").write_bytes(b"pickle")
+        [report] = registry.verify("support@1")
+        assert not report["ok"]
+        assert sorted((p["file"], p["status"]) for p in report["problems"]) == [
+            ("adapter_model.bin", "added"), ("adapter_model.safetensors", "modified"), ("lorakit.json", "missing")]
+        shutil.rmtree(path)
+        [gone] = registry.verify("support")
+        assert {p["status"] for p in gone["problems"]} == {"missing"} and len(gone["problems"]) == 3
+        assert [e["details"]["ok"] for e in registry.audit() if e["action"] == "verify"] == [True, False, False]
+
+
+def test_load_adapter_resolves_name_at_production_and_checks_hashes_and_base(registry_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORAKIT_REGISTRY", registry_url)
+    path = make_adapter(tmp_path / "support", seed=7)
+    with Registry() as registry:
+        registry.add(path)
+        registry.promote("support@1")
+    ids = token_batch()
+    direct, via_registry = tiny_llama(), tiny_llama()
+    lk.load_adapter(direct, path)
+    lk.load_adapter(via_registry, "registry:support@production")
+    torch.testing.assert_close(logits(via_registry, ids), logits(direct, ids), rtol=0, atol=0)
+    with lk.disabled(direct):
+        assert not torch.allclose(logits(direct, ids), logits(via_registry, ids))  # the adapter does change outputs
+
+    other_base = tiny_llama(seed=5)
+    with pytest.raises(BaseMismatchError) as mismatch:
+        lk.load_adapter(other_base, "registry:support@production")
+    theirs, ours = lk.read_adapter(path).base_fingerprint, lk.bases.fingerprint(other_base)
+    assert theirs[:12] in str(mismatch.value) and ours[:12] in str(mismatch.value)
+
+    config = path / "adapter_config.json"
+    config.write_text(config.read_text().replace('"r": 4', '"r": 4 '))
+    with pytest.raises(AdapterFileError, match="adapter_config.json modified"):
+        lk.load_adapter(tiny_llama(), "registry:support@production")
+    with Registry() as registry:
+        registry.retire("support@1")
+    with pytest.raises(RegistryError, match="no production version"):
+        lk.read_adapter("registry:support@production")
+    with pytest.raises(AdapterFileError, match="retired"):
+        lk.read_adapter("registry:support@1")
+
+
+def test_compatible_lists_the_adapters_of_a_base(registry_url, tmp_path):
+    first, second = tiny_llama(seed=0), tiny_llama(seed=9)
+    lk.inject(second, lk.LoraConfig(r=2, targets=["q_proj"]))
+    lk.save_adapter(second, tmp_path / "other")
+    model_dir = tmp_path / "base-model"
+    first.save_pretrained(model_dir)
+    with Registry(registry_url) as registry:
+        registry.add(make_adapter(tmp_path / "mine"))
+        registry.add(tmp_path / "other")
+        fingerprint = lk.bases.fingerprint(first)
+        assert [r.ref for r in registry.compatible(fingerprint[:10])["adapters"]] == ["mine@1"]
+        assert [r.ref for r in registry.compatible(lk.bases.fingerprint(second))["adapters"]] == ["other@1"]
+        assert [r.ref for r in registry.list(base=fingerprint)] == ["mine@1"]
+        with pytest.raises(RegistryError, match="no registered base matches"):
+            registry.compatible("0000000000")
+
+
+def test_bad_inputs_raise_typed_errors_and_write_nothing(registry_url, tmp_path):
+    a, b, c, d = _family(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with Registry(registry_url) as registry:
+        with pytest.raises(AdapterFileError, match="no adapter_config.json"):
+            registry.add(tmp_path / "empty")
+        shutil.rmtree(a)
+        with pytest.raises(RegistryError, match="is not registered and its directory is gone"):
+            registry.add(d)  # c and b would be registered first: the failure rolls all of it back
+        assert registry.list() == [] and registry.audit() == []
+        registry.add(b, version="1")
+        with pytest.raises(RegistryError, match="b@1 is already registered"):
+            registry.add(b, version="1")
+        for bad in ("no/slash", "@1", "x" * 200):
+            with pytest.raises(RegistryError, match="invalid adapter name"):
+                registry.add(b, name=bad)
+        with pytest.raises(RegistryError, match="invalid adapter version"):
+            registry.add(b, version="production")
+        with pytest.raises(RegistryError, match="no adapter named 'nope'"):
+            registry.get("nope@1")
+        with pytest.raises(RegistryError, match="b has no version '7'"):
+            registry.lineage("b@7")
+        with pytest.raises(RegistryError, match="no adapter named"):
+            registry.verify("nope")
+        with pytest.raises(RegistryError, match="no dataset 'unknown.jsonl'"):
+            registry.trained_on("unknown.jsonl")
+        with pytest.raises(RegistryError, match="unknown status"):
+            registry.list(status="live")
+        assert [r.ref for r in registry.list()] == ["b@1"]
+    assert all(issubclass(e, LorakitError) for e in (AdapterFileError, RegistryError))
