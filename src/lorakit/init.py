@@ -7,8 +7,8 @@ With ``s`` the adapter's scale and ``W₀: (out, in)``:
   iterations (``torch.svd_lowrank``): seconds instead of minutes on large layers.
 - OLoRA: ``W₀ = Q·R``; ``B = Q[:, :r]``, ``A = R[:r]``.
 
-Both then set ``W_res = W₀ − s·B₀·A₀`` so the model is unchanged at step 0. A quantised W₀ is dequantised,
-and the residual re-quantised. After training, ``W_res + s·B·A = W₀ + s·(B·A − B₀·A₀) = W₀ + s·[B, −B₀]·[A; A₀]``:
+Both then set ``W_res = W₀ − s·B₀·A₀`` so the model is unchanged at step 0. For QLoRA, initialise on the
+float base and quantise afterwards: the residual, stripped of the largest directions, rounds with less error. After training, ``W_res + s·B·A = W₀ + s·(B·A − B₀·A₀) = W₀ + s·[B, −B₀]·[A; A₀]``:
 a plain LoRA of rank 2r with the same scale against the untouched W₀ (:func:`plain_factors`), which is how it
 is saved, as PEFT converts it, so it loads on any copy of the original base.
 """
@@ -20,7 +20,6 @@ import re
 import torch
 from torch import nn
 
-from lorakit import quant
 from lorakit.errors import ConfigError
 
 _NITER = re.compile(r"^pissa_niter_(\d+)$")
@@ -53,14 +52,14 @@ def principal_init(layer, name: str, init: str) -> None:
 
     The initial factors are kept frozen (``lora_A0``/``lora_B0``) so the adapter can be saved against W₀.
     """
+    if layer.is_quantized():
+        raise ConfigError(f"init={init} must start from the float weights: inject on the float base, then quantise it "
+                          "(lorakit.quant.quantize_model), so the residual is what gets rounded")
     weight = layer.dense_weight()  # (out, in) fp32
     scale = layer.scaling[name]
     A, B = principal_factors(weight, layer.rank(name), scale, init)
     residual = weight - scale * (B @ A)  # (out, r)(r, in) -> (out, in)
-    if layer.is_quantized():
-        quant.set_weight(layer.base_layer, residual)
-    else:
-        layer.write_weight(residual.T if layer.fan_in_fan_out else residual)
+    layer.write_weight(residual.T if layer.fan_in_fan_out else residual)
     dtype = layer.lora_A[name].dtype
     with torch.no_grad():
         layer.lora_A[name].copy_(A.to(dtype))

@@ -27,11 +27,14 @@ def _resolve(model: nn.Module, names: str | list[str] | None) -> list[str]:
     return names
 
 
-def merge(model: nn.Module, names: str | list[str] | None = None, *, safe: bool = True) -> nn.Module:
+def merge(model: nn.Module, names: str | list[str] | None = None, *, safe: bool = True,
+          requantize: bool = False) -> nn.Module:
     """Fold adapters ``names`` (default: the active ones) into the base weights.
 
     Merging an adapter that is already merged raises; with ``safe`` a merge that would produce NaN/inf
-    raises before any weight of that layer is written.
+    raises before any weight of that layer is written. A quantised (NF4/int8) base is dequantised and merged
+    in fp32; the merged layer stays in float unless ``requantize`` (see ``lorakit.merge_quantized`` for the
+    rounding cost).
     """
     names = _resolve(model, names)
     layers = [layer for _, layer in lora_layers(model)]
@@ -40,7 +43,7 @@ def merge(model: nn.Module, names: str | list[str] | None = None, *, safe: bool 
         raise AdapterStateError(f"adapter(s) {already} already merged; call lk.unmerge(model) before merging again")
     for layer in layers:
         for name in names:
-            layer.merge(name, safe=safe)
+            layer.merge(name, safe=safe, requantize=requantize)
     return model
 
 

@@ -44,25 +44,30 @@ def compute_dtype_for(device: torch.device | str) -> torch.dtype:
 
 
 def quantize_model(model: nn.Module, kind: str, *, compute_dtype: torch.dtype | None = None) -> nn.Module:
-    """Replace every ``nn.Linear`` except the output head by its quantised form, in place; returns ``model``.
+    """Replace every base ``nn.Linear`` except the output head by its quantised form, in place; returns ``model``.
 
-    ``kind`` is ``nf4`` (4-bit NormalFloat, double-quantised constants) or ``int8`` (LLM.int8). The model
-    must not hold adapters yet: quantise the base, then inject. Parameters stay frozen.
+    ``kind`` is ``nf4`` (4-bit NormalFloat, double-quantised constants) or ``int8`` (LLM.int8). Usually the
+    base is quantised and then adapters are injected; a model whose LoRA layers were initialised on the float
+    weights (PiSSA/OLoRA, so that the residual is what gets rounded) may be quantised afterwards — the
+    linears inside the LoRA wrappers are quantised, adapter weights and trained copies stay float.
     """
     from lorakit.layers import LoraLayer
+    from lorakit.targeting import unwrap
 
     if kind not in QUANT_KINDS:
         raise ConfigError(f"quantize must be one of {', '.join(QUANT_KINDS)} or None, got {kind!r}")
-    if any(isinstance(m, LoraLayer) for m in model.modules()):
-        raise ConfigError("quantize the base before injecting adapters: the model already holds LoRA layers")
+    if any(isinstance(m, LoraLayer) and m.merged for m in model.modules()):
+        raise ConfigError("cannot quantise a model with merged adapters; unmerge first")
     _bnb()
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = unwrap(head) if head is not None else None
     device = next(model.parameters()).device
     if kind == "int8" and device.type not in ("cpu", "cuda", "xpu"):
         raise ConfigError(f"int8 (LLM.int8) is not supported by bitsandbytes on {device.type}; use nf4 or no quantisation")
     dtype = compute_dtype or compute_dtype_for(device)
     targets = [(name, m) for name, m in model.named_modules()
-               if type(m) is nn.Linear and m is not head and m.weight.dtype.is_floating_point]
+               if type(m) is nn.Linear and m is not head and m.weight.dtype.is_floating_point
+               and not any(part in f".{name}." for part in (".modules_to_save.", ".original_module."))]
     for name, linear in targets:
         quantised = _nf4(linear, dtype) if kind == "nf4" else _int8(linear)
         parent_name, _, child = name.rpartition(".")
