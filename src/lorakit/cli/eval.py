@@ -57,4 +57,4 @@ def eval_command(
     else:
         print_report(report)
     if not report.passed:
-        raise typer.Exit(1)
+        raise SystemExit(1)  # the gate: exit 1, distinct from bad input (2)
