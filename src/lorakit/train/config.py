@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lorakit.bases import DEFAULT_BASE
 from lorakit.config import LoraConfig
 from lorakit.errors import ConfigError
+from lorakit.train.adalora import AdaLoraSection
 
 _LORA_FIELDS = {f.name for f in dataclasses.fields(LoraConfig)}
 
@@ -62,6 +63,8 @@ class TrainSection(_Section):
     """LoRA+: the B matrices learn at ``loraplus_ratio × lr`` (16 is the paper's default)."""
     weight_decay: float = Field(0.0, ge=0)
     """AdamW weight decay on adapter matrices (never on vectors such as biases)."""
+    optim: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
+    """``adamw_8bit``: bitsandbytes' 8-bit moments; ``paged_adamw_8bit`` also pages them (CUDA only)."""
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     """Fraction of ``max_steps`` spent warming the learning rate up linearly."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
@@ -100,6 +103,10 @@ class RunConfig(_Section):
 
     base: str = DEFAULT_BASE
     """Base model: the embedded default's name or a local transformers directory."""
+    quantize: Literal["nf4", "int8"] | None = None
+    """QLoRA: hold the base's linear layers in 4-bit NF4 (double-quantised) or LLM.int8; adapters stay float."""
+    adalora: AdaLoraSection | None = None
+    """AdaLoRA rank budget (init_r, target_r, tinit, tfinal, delta_t, ...); the adapter is saved as plain LoRA."""
     lora: dict[str, Any] = Field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.0, "targets": "all-linear"})
     """LoraConfig fields (``r``, ``alpha``, ``dropout``, ``targets``, ...), see lorakit.config."""
     data: DataSection = Field(default_factory=DataSection)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lorakit.model import adapter_parameters
+from lorakit.train.bnb_optim import make_8bit_optimizer
 
 
 def param_groups(model: nn.Module, adapter: str, lr: float, weight_decay: float = 0.0,
@@ -34,8 +35,11 @@ def param_groups(model: nn.Module, adapter: str, lr: float, weight_decay: float 
     return result
 
 
-def make_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
-    """AdamW (fused where the device supports it: one kernel per step instead of a loop over tensors)."""
+def make_optimizer(groups: list[dict], kind: str = "adamw") -> torch.optim.Optimizer:
+    """AdamW (fused where the device supports it: one kernel per step instead of a loop over tensors), or
+    bitsandbytes' 8-bit AdamW for ``adamw_8bit``/``paged_adamw_8bit``."""
+    if kind != "adamw":
+        return make_8bit_optimizer(groups, kind)
     device = groups[0]["params"][0].device
     fused = device.type in ("cpu", "cuda")
     return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, fused=fused)

@@ -25,7 +25,6 @@ from lorakit import __version__, atomic, bases
 from lorakit.data import EncodedData, collate
 from lorakit.errors import TrainingError
 from lorakit.io import save_adapter
-from lorakit.model import inject
 from lorakit.train import checkpoint, distributed, precision
 from lorakit.train.callbacks import Callback, MetricsLog, MLflowTracker, ProgressBar
 from lorakit.train.config import RunConfig, load_config
@@ -34,6 +33,7 @@ from lorakit.train.optim import make_optimizer, param_groups
 from lorakit.train.plot import plot_losses
 from lorakit.train.prepare import describe, prepare_data
 from lorakit.train.sampler import StepSampler
+from lorakit.train.variants import build_model
 from lorakit.train.schedule import lr_factor, warmup_steps
 
 
@@ -63,7 +63,7 @@ class Trainer:
         self.warmup = warmup_steps(cfg.max_steps, cfg.warmup_ratio)
         self.groups = param_groups(model, adapter, cfg.lr, cfg.weight_decay, cfg.loraplus_ratio)
         self.params = [p for g in self.groups for p in g["params"]]
-        self.optimizer = make_optimizer(self.groups)
+        self.optimizer = make_optimizer(self.groups, cfg.optim)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self.state = checkpoint.TrainerState()
         defaults: list[Callback] = [MetricsLog(self.output / "metrics.jsonl")]
@@ -81,9 +81,8 @@ class Trainer:
         """Load the base, inject the adapter (seeded by ``train.seed``), read the data; ready to :meth:`fit`."""
         cfg = load_config(config, overrides)
         info = distributed.setup()
-        model, tokenizer = bases.load(cfg.base, device=info.device)
-        torch.manual_seed(cfg.train.seed)
-        inject(model, cfg.lora_config())
+        model, tokenizer, variant_callbacks = build_model(cfg, info.device)
+        callbacks = [*callbacks, *variant_callbacks]
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         train, evaluation = prepare_data(cfg, tokenizer, train_data, eval_data)
