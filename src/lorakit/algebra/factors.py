@@ -121,10 +121,11 @@ def weights_sha256(path: Path) -> str:
 
 
 def parent_record(adapter: Adapter, weight: float | None = None) -> dict[str, Any]:
-    """One entry of ``lineage.parents``: where the parent was, the hash of its weights, and its weight."""
+    """One entry of ``lineage.parents``: where the parent was (and its registry reference when it came from
+    one), the sha256 of its ``adapter_model.safetensors``, and its weight."""
     record: dict[str, Any] = {"path": str(adapter.path.resolve()), "sha256": weights_sha256(adapter.path)}
-    if adapter.source != str(adapter.path):
-        record["ref"] = adapter.source
+    if adapter.source.startswith("registry:"):
+        record["registry"] = adapter.source[len("registry:"):]  # "name@version", as the registry reads it
     if weight is not None:
         record["weight"] = weight
     return record
