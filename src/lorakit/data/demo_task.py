@@ -102,8 +102,7 @@ TEST_TEMPLATES = [
 ]
 NAMES = ["Ana", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "Iris", "Jon", "Kemi", "Liam"]
 
-SYSTEM_PROMPT = ("Triage the customer message. Reply with JSON only: "
-                 f'{{"product": {"|".join(PRODUCTS)}, "category": {"|".join(CATEGORIES)}, "urgency": high|medium|low}}')
+SYSTEM_PROMPT = 'Triage the support message. Reply with JSON only: {"product": ..., "category": ..., "urgency": ...}'
 FIELDS = ["product", "category", "urgency"]
 
 

@@ -1,0 +1,59 @@
+"""``lorakit train CONFIG.yaml`` and ``lorakit quickstart``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from lorakit.cli.app import app
+
+
+@app.command()
+def train(config: Path = typer.Argument(..., help="YAML run config (base, lora, data, train, output, tracking)."),
+          set_: list[str] = typer.Option([], "--set", help="Override a config key: --set train.lr=1e-4 (repeatable)."),
+          resume: str = typer.Option(None, "--resume", help="auto (newest checkpoint in the output directory) or a checkpoint directory."),
+          skip_bad_lines: bool = typer.Option(False, "--skip-bad-lines", help="Skip and count malformed rows instead of stopping."),
+          progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress bar.")) -> None:
+    """Train a LoRA adapter as CONFIG says; checkpoints, metrics.jsonl, loss.png and adapter/ go to its output."""
+    from lorakit.train import Trainer, TrainingInterrupted
+
+    overrides = list(set_) + (["data.skip_bad_lines=true"] if skip_bad_lines else [])
+    trainer = Trainer.from_config(config, overrides, progress=progress)
+    if trainer.dist.main:
+        _describe_data(trainer)
+    try:
+        summary = trainer.fit(resume=resume)
+    except TrainingInterrupted as stop:
+        typer.echo(f"interrupted after step {stop.step}; checkpoint saved to {stop.checkpoint}. "
+                   f"Resume with: lorakit train {config} --resume auto", err=True)
+        raise typer.Exit(130) from None
+    if trainer.dist.main:
+        metrics = summary["metrics"]
+        best = metrics["best_eval_loss"]
+        typer.echo(f"done: {metrics['steps']} steps in {summary['wall_seconds']:.0f} s, final loss {metrics['final_loss'] or float('nan'):.4f}"
+                   + (f", best eval loss {best:.4f} at step {metrics['best_step']}" if best is not None else "")
+                   + (" (early stopped)" if not summary["completed"] else ""))
+        typer.echo(f"adapter: {summary['adapter']}")
+
+
+def _describe_data(trainer) -> None:
+    for label, data in (("train", trainer.train_data), ("eval", trainer.eval_data)):
+        if data is None:
+            continue
+        typer.echo(f"{label} data: {data.source}: {data.rows} rows -> {len(data)} sequences, "
+                   f"{data.target_tokens:,} response tokens, {data.truncated} truncated, {len(data.skipped)} skipped")
+        for problem in data.skipped[:3]:
+            typer.echo(f"  skipped {problem}", err=True)
+
+
+@app.command()
+def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Directory for data, run and report."),
+               fast: bool = typer.Option(False, "--fast", help="A tiny random model instead of the default: checks the pipeline in seconds."),
+               progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress bar.")) -> None:
+    """Demo: triage support messages to JSON. Evaluate the base, train a LoRA, evaluate again, print before/after."""
+    from lorakit.quickstart import report_markdown, run_quickstart
+
+    report = run_quickstart(out, fast=fast, progress=progress, log=lambda line: typer.echo(line, err=True))
+    typer.echo(report_markdown(report))
+    typer.echo(f"report: {out / 'report.json'}  adapter: {report['adapter']}  loss curve: {report['loss_png']}")
