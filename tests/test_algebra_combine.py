@@ -218,3 +218,20 @@ def test_modules_of_different_shapes_are_refused(tmp_path):
     write_adapter(tmp_path / "wide", files.raw_config, files.tensors, meta)
     with pytest.raises(AdapterMismatchError, match="different base models"):
         combine([a, tmp_path / "wide"], tmp_path / "o", method="cat")
+
+
+def test_registry_reads_the_lineage_of_a_combination_of_registered_adapters(pair, tmp_path):
+    from lorakit.registry import Registry
+
+    with Registry() as registry:  # SQLite under this test's LORAKIT_HOME
+        registry.add(pair[0], name="alpha")
+        registry.add(pair[1], name="beta")
+    result = combine(["registry:alpha@1", "registry:beta@1"], tmp_path / "mix", weights=WEIGHTS, method="svd", rank=4)
+    parents = json.loads((result.path / "lorakit.json").read_text())["lineage"]["parents"]
+    assert [p["registry"] for p in parents] == ["alpha@1", "beta@1"]
+    with Registry() as registry:
+        registry.add(result.path, name="mix")
+        tree = registry.lineage("mix@1")["tree"]
+    assert sorted(p["ref"] for p in tree["parents"]) == ["alpha@1", "beta@1"]
+    assert {p["method"] for p in tree["parents"]} == {"svd"}
+    assert sorted(p["weight"] for p in tree["parents"]) == sorted(WEIGHTS)
