@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import functools
 import glob
+import hashlib
 import os
 import pwd
 import re
@@ -18,6 +19,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -27,6 +29,9 @@ import pytest
 import lorakit as lk
 from tests.helpers import randomize_adapter, tiny_llama
 
+D1 = {"name": "support-tickets", "path": "/data/support.jsonl", "sha256": "a1" * 32, "rows": 1200,
+      "license": "CC-BY-4.0", "notes": "de-identified"}
+D2 = {"name": "faq", "path": "/data/faq.jsonl", "sha256": "b2" * 32, "rows": 300}
 _SETUP_HINT = "run scripts/setup.d/20-postgresql.sh (make setup) to install PostgreSQL"
 
 
@@ -131,3 +136,32 @@ def make_adapter(path: Path, *, seed: int = 0, metadata: dict | None = None) -> 
     model = _model()
     randomize_adapter(model, seed=seed)
     return lk.save_adapter(model, path, metadata=metadata)
+
+
+def _weights_sha(path: Path) -> str:
+    return hashlib.sha256((path / "adapter_model.safetensors").read_bytes()).hexdigest()
+
+
+def family(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """a (trained on D1) and b (trained on D2) → c = combine(a, b) → d = compress(c), recorded as the algebra does."""
+    a = make_adapter(tmp_path / "a", seed=1, metadata={"dataset": D1})
+    b = make_adapter(tmp_path / "b", seed=2, metadata={"dataset": D2})
+    c = make_adapter(tmp_path / "c", seed=3, metadata={"lineage": {"method": "linear", "params": {"density": 1.0}, "parents": [
+        {"path": str(a), "sha256": _weights_sha(a), "weight": 0.7}, {"path": str(b), "sha256": _weights_sha(b), "weight": 0.3}]}})
+    d = make_adapter(tmp_path / "d", seed=4, metadata={"lineage": {"method": "compress", "parents": [{"path": "../c"}]}})
+    return a, b, c, d
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``lorakit ARGS`` in this process through the real entry point: (exit code, stdout, stderr)."""
+    from lorakit.cli.app import main
+
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["lorakit", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

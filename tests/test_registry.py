@@ -15,17 +15,8 @@ from sqlalchemy import text
 import lorakit as lk
 from lorakit.errors import AdapterFileError, BaseMismatchError, LorakitError, RegistryError
 from lorakit.registry import Registry
-from tests.helpers import logits, token_batch, tiny_llama
-from tests.registry_support import make_adapter, registry_url  # noqa: F401  (fixture)
-
-D1 = {"name": "support-tickets", "path": "/data/support.jsonl", "sha256": "a1" * 32, "rows": 1200,
-      "license": "CC-BY-4.0", "notes": "de-identified"}
-D2 = {"name": "faq", "path": "/data/faq.jsonl", "sha256": "b2" * 32, "rows": 300}
-
-
-def _weights_sha(path) -> str:
-    return hashlib.sha256((path / "adapter_model.safetensors").read_bytes()).hexdigest()
-
+from tests.helpers import logits, randomize_adapter, tiny_llama, token_batch
+from tests.registry_support import D1, family, make_adapter, registry_url  # noqa: F401  (fixture)
 
 def test_round_trip_of_every_field(registry_url, tmp_path):
     meta = {"base": {"name_or_path": "tiny-llama", "fingerprint": lk.bases.fingerprint(tiny_llama()),
@@ -59,18 +50,8 @@ def test_round_trip_of_every_field(registry_url, tmp_path):
     assert [(e["actor"], e["action"], e["adapter"]) for e in history] == [("alice", "register", "support@2024.1")]
 
 
-def _family(tmp_path):
-    """a (trained on D1) and b (trained on D2) → c = combine(a, b) → d = compress(c), as the algebra writes them."""
-    a = make_adapter(tmp_path / "a", seed=1, metadata={"dataset": D1})
-    b = make_adapter(tmp_path / "b", seed=2, metadata={"dataset": D2})
-    c = make_adapter(tmp_path / "c", seed=3, metadata={"lineage": {"method": "linear", "params": {"density": 1.0}, "parents": [
-        {"path": str(a), "sha256": _weights_sha(a), "weight": 0.7}, {"path": str(b), "sha256": _weights_sha(b), "weight": 0.3}]}})
-    d = make_adapter(tmp_path / "d", seed=4, metadata={"lineage": {"method": "compress", "parents": [{"path": "../c"}]}})
-    return a, b, c, d
-
-
 def test_lineage_through_two_generations_answers_trained_on(registry_url, tmp_path):
-    a, b, c, d = _family(tmp_path)
+    a, b, c, d = family(tmp_path)
     with Registry(registry_url) as registry:
         registry.add(a)
         registry.add(d)  # c and b are not registered yet: they are registered first, in the same transaction
@@ -202,7 +183,7 @@ def test_compatible_lists_the_adapters_of_a_base(registry_url, tmp_path):
 
 
 def test_bad_inputs_raise_typed_errors_and_write_nothing(registry_url, tmp_path):
-    a, b, c, d = _family(tmp_path)
+    a, b, c, d = family(tmp_path)
     (tmp_path / "empty").mkdir()
     with Registry(registry_url) as registry:
         with pytest.raises(AdapterFileError, match="no adapter_config.json"):
@@ -231,3 +212,30 @@ def test_bad_inputs_raise_typed_errors_and_write_nothing(registry_url, tmp_path)
             registry.list(status="live")
         assert [r.ref for r in registry.list()] == ["b@1"]
     assert all(issubclass(e, LorakitError) for e in (AdapterFileError, RegistryError))
+
+
+@pytest.mark.slow
+def test_a_default_model_adapter_is_registered_promoted_served_by_production_and_found(tmp_path, monkeypatch):
+    monkeypatch.delenv("LORAKIT_REGISTRY", raising=False)
+    adapter_dir = tmp_path / "support" / "adapter"
+    assert lk.registry.auto_register(adapter_dir) is None  # no registry configured: nothing happens
+    monkeypatch.setenv("LORAKIT_REGISTRY", str(tmp_path / "registry.db"))
+    model, tokenizer = lk.bases.load()
+    lk.inject(model, lk.LoraConfig(r=8, alpha=16, targets=["q_proj", "v_proj"]))
+    randomize_adapter(model, scale=0.02)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "Reset my password", "completion": "Use the link on the login page."}\n')
+    dataset = {"path": str(data), "sha256": hashlib.sha256(data.read_bytes()).hexdigest(), "rows": 1}
+    lk.save_adapter(model, adapter_dir, metadata={"dataset": dataset, "metrics": {"eval": {"loss": 2.5}}})
+
+    record = lk.registry.auto_register(adapter_dir, owner="support-team")
+    assert record.ref == "support@1" and record.base["name"] == lk.bases.DEFAULT_BASE
+    assert record.base["parameters"] == sum(p.numel() for p in lk.bases.base_parameters(model).values())
+    with Registry() as registry:
+        registry.promote("support@1")
+        assert [x["ref"] for x in registry.trained_on(str(data))["adapters"]] == ["support@1"]
+    ids = tokenizer("How do I reset my password?", return_tensors="pt").input_ids
+    expected = logits(model, ids)
+    lk.load_adapter(model, "registry:support@production", name="served")
+    lk.set_active(model, "served")
+    torch.testing.assert_close(logits(model, ids), expected, rtol=0, atol=0)
