@@ -120,7 +120,7 @@ def migrate(engine: Engine, target: str = "head") -> None:
             if current != wanted:
                 command.upgrade(config, target)
     except DBAPIError as err:
-        raise RegistryError(f"cannot open registry {where}: {_first_line(err.orig)}") from None
+        raise RegistryError(f"cannot open registry {where}: {first_line(err.orig)}") from None
     except CommandError as err:
         raise RegistryError(f"cannot migrate registry {where}: {err}") from None
 
@@ -136,6 +136,6 @@ def connect(url: str | None = None) -> Engine:
     return engine
 
 
-def _first_line(error: BaseException | None) -> str:
+def first_line(error: BaseException | None) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from lorakit.errors import RegistryError
 from lorakit.registry import db
-from lorakit.registry.manifest import Manifest, ParentInfo, read_manifest
+from lorakit.registry.manifest import DatasetInfo, Manifest, ParentInfo, read_manifest
 from lorakit.registry.records import AdapterRecord, adapter_record, audit_dict, iso
 from lorakit.registry.schema import (STATUSES, Adapter, AdapterDataset, AdapterFile, AdapterTag, AuditEntry, BaseModel,
                                      Dataset, LineageEdge, Metric, utcnow)
@@ -84,9 +84,9 @@ class Registry:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
                 yield session
         except IntegrityError as err:
-            raise RegistryError(f"registry {db.shown(self.url)} refused the change: {db._first_line(err.orig)}") from None
+            raise RegistryError(f"registry {db.shown(self.url)} refused the change: {db.first_line(err.orig)}") from None
         except DBAPIError as err:
-            raise RegistryError(f"registry {db.shown(self.url)}: {db._first_line(err.orig)}") from None
+            raise RegistryError(f"registry {db.shown(self.url)}: {db.first_line(err.orig)}") from None
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Session]:
@@ -186,7 +186,7 @@ class Registry:
                 setattr(base, key, info[key])
         return base
 
-    def _dataset(self, session: Session, info) -> Dataset:
+    def _dataset(self, session: Session, info: DatasetInfo) -> Dataset:
         if info.sha256:
             where = Dataset.sha256 == info.sha256
         elif info.uri:
