@@ -78,14 +78,18 @@ class Trainer:
     @classmethod
     def from_config(cls, config: RunConfig | dict | str, overrides: list[str] | None = None, *, train_data: Any = None,
                     eval_data: Any = None, callbacks: list[Callback] = (), progress: bool = True) -> "Trainer":
-        """Load the base, inject the adapter (seeded by ``train.seed``), read the data; ready to :meth:`fit`."""
+        """Read the data (data errors come before the slow model load), load the base, inject the adapter
+        (seeded by ``train.seed``); ready to :meth:`fit`."""
+        from transformers import AutoTokenizer
+
         cfg = load_config(config, overrides)
         info = distributed.setup()
+        tokenizer = AutoTokenizer.from_pretrained(bases.resolve(cfg.base))
+        train, evaluation = prepare_data(cfg, tokenizer, train_data, eval_data)
         model, tokenizer, variant_callbacks = build_model(cfg, info.device)
         callbacks = [*callbacks, *variant_callbacks]
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        train, evaluation = prepare_data(cfg, tokenizer, train_data, eval_data)
         return cls(model, tokenizer, cfg, train, evaluation, callbacks=callbacks, progress=progress)
 
     # -- the loop -------------------------------------------------------------------------------------
