@@ -26,7 +26,7 @@ def bar_chart(groups: list[tuple[str, dict[str, float]]], columns: list[str], fm
     lo = min([0.0, *values]) if lo is None else lo
     hi = max([0.0, *values]) if hi is None else hi
     span = (hi - lo) or 1.0
-    plot_w = _WIDTH - _LABEL_W - 70
+    plot_w = _WIDTH - _LABEL_W - 140  # room for the value text right of the longest bar
     x_of = lambda v: _LABEL_W + (v - lo) / span * plot_w  # noqa: E731
     palette = colors(columns)
     parts, y = [], 8

@@ -22,7 +22,7 @@ th:first-child,td:first-child{text-align:left} thead th{background:#f3f5f9} td.b
 .gate{padding:8px 12px;border-radius:6px;margin:10px 0;font-weight:600}
 .pass{background:#e6f4ea;color:#1e6b34} .fail{background:#fde8e8;color:#9b1c1c}
 svg .glabel{font-size:12px;fill:#1d2330} svg .val{font-size:11px;fill:#3c4558} svg .axis{stroke:#8a93a5;stroke-width:1}
-table.samples td{text-align:left;white-space:pre-wrap;font-family:"DejaVu Sans Mono",monospace;font-size:12px;max-width:320px}
+table.samples th,table.samples td{text-align:left;white-space:pre-wrap;font-family:"DejaVu Sans Mono",monospace;font-size:12px;max-width:320px}
 mark.diff{background:#ffe08a;padding:0 1px} .ok{color:#1e6b34;font-weight:700;font-family:sans-serif}
 .key span{display:inline-block;margin-right:14px} .key i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
 </style></head><body>

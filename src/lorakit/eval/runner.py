@@ -52,40 +52,47 @@ def _load_model(base: str | tuple[nn.Module, Any], dtype: torch.dtype) -> tuple[
 
 
 def _attach_adapters(model: nn.Module, adapters: Mapping[str, str | Path] | Sequence[str]) -> dict[str, str]:
+    """Load ``{name: source}`` beside the base, or check that the named adapters are on the model; returns name → source."""
     if isinstance(adapters, Mapping):
-        names = list(adapters)
-    else:
-        names = list(adapters)
-        missing = [n for n in names if n not in adapter_names(model)]
-        if missing:
-            raise ConfigError(f"adapter {missing[0]!r} is not on the model; pass a mapping name → directory to load it")
-    if BASE in names:
-        raise ConfigError(f"an adapter may not be called {BASE!r}: that column is the base model")
-    for name in names if isinstance(adapters, Mapping) else []:
-        load_adapter(model, adapters[name], name=name)
-    return {n: str(adapters[n]) if isinstance(adapters, Mapping) else "(on the model)" for n in names}
+        for name, source in adapters.items():
+            load_adapter(model, source, name=name)
+        return {name: str(source) for name, source in adapters.items()}
+    missing = [n for n in adapters if n not in adapter_names(model)]
+    if missing:
+        raise ConfigError(f"adapter {missing[0]!r} is not on the model; pass a mapping name → directory to load it")
+    return {name: "on the model" for name in adapters}
+
+
+def _regression_set(regression: RegressionSet | str | Path | None) -> RegressionSet | None:
+    if regression is None or str(regression) == "none":
+        return None
+    return regression if isinstance(regression, RegressionSet) else load_regression_set(regression)
 
 
 def evaluate(base: str | tuple[nn.Module, Any] = bases.DEFAULT_BASE,
-             adapters: Mapping[str, str | Path] | Sequence[str] = (), data: str | Path | Sequence[EvalRow] = "", *,
+             adapters: Mapping[str, str | Path] | Sequence[str] = (), data: str | Path | Sequence[EvalRow] | None = None, *,
              task: TaskSpec | str | Path | None = None, regression: RegressionSet | str | Path | None = "default",
              max_drift: Thresholds | str | None = None, dtype: torch.dtype = torch.float32) -> EvalReport:
     """Evaluate the base and every adapter on ``data`` (task metrics) and on the general sets (regression).
 
     ``base``: a model name or directory for :func:`lorakit.bases.load`, or a ``(model, tokenizer)`` pair.
     ``adapters``: ``{name: directory or registry:ref}`` loaded beside the base, or names already on the model.
+    ``data``: an evaluation file (see :mod:`lorakit.eval.data`) or a list of :class:`EvalRow`.
     ``task``: a :class:`TaskSpec` or its YAML; ``regression``: ``"default"``, a regression YAML, a
     :class:`RegressionSet`, or ``None`` to skip. ``max_drift``: thresholds that fail adapters (``report.passed``).
     Data and spec are checked before any model is loaded.
     """
     started = time.perf_counter()
     spec = task if isinstance(task, TaskSpec) else load_spec(task) if task is not None else TaskSpec()
-    rows = list(data) if isinstance(data, Sequence) and not isinstance(data, str) else load_rows(data)
+    if data is None:
+        raise ConfigError("no evaluation data: give a data file or a list of rows")
+    rows = load_rows(data) if isinstance(data, (str, Path)) else list(data)
     if not rows:
         raise ConfigError("no evaluation rows given")
+    if BASE in adapters:
+        raise ConfigError(f"an adapter may not be called {BASE!r}: that column is the base model")
     plan = plan_task(rows, spec)
-    rset = load_regression_set(regression) if isinstance(regression, (str, Path)) and str(regression) != "none" else (
-        regression if isinstance(regression, RegressionSet) else None)
+    rset = _regression_set(regression)
     thresholds = parse_thresholds(max_drift) if isinstance(max_drift, str) else max_drift
     if thresholds is not None and rset is None:
         raise ConfigError("--max-drift needs the regression sets; do not combine it with --regression none")
