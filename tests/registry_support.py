@@ -60,11 +60,12 @@ class Cluster:
 
     def __init__(self) -> None:
         self.bin = pg_bin_dir()
-        self.root = Path(tempfile.mkdtemp(prefix="lorakit-pg-"))
+        as_root = os.geteuid() == 0  # the server then runs as 'postgres', which must reach its directory: use /tmp
+        self.root = Path(tempfile.mkdtemp(prefix="lorakit-pg-", dir="/tmp" if as_root else None))
         self.data = self.root / "data"
         self.port = _free_port()
         self.as_user: list[str] = []
-        if os.geteuid() == 0:
+        if as_root:
             try:
                 account = pwd.getpwnam("postgres")
             except KeyError:

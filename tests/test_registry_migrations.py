@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from lorakit.errors import RegistryError
 from lorakit.registry import Registry, db
-from tests.registry_support import make_adapter, registry_url  # noqa: F401  (fixture)
+from tests.registry_support import make_adapter, registry_url, run_cli  # noqa: F401  (fixture)
 
 
 def test_a_database_at_the_first_revision_upgrades_with_its_data(registry_url, tmp_path):
@@ -70,7 +70,7 @@ def test_a_database_from_a_newer_lorakit_is_refused(registry_url):
     assert done.stderr.count("\n") == 1 and "newer lorakit" in done.stderr
 
 
-def test_a_database_that_cannot_be_opened_is_a_one_line_error(tmp_path):
+def test_a_database_that_cannot_be_opened_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     garbage = tmp_path / "registry.db"
     garbage.write_bytes(b"this is not a database" * 100)
     with pytest.raises(RegistryError, match="cannot open registry .*registry.db: file is not a database"):
@@ -81,5 +81,5 @@ def test_a_database_that_cannot_be_opened_is_a_one_line_error(tmp_path):
         Registry("mysql+nodriver://x@y/z")
     with pytest.raises(RegistryError, match="it is a directory"):
         Registry(str(tmp_path))
-    done = _cli("list", "--registry", str(garbage))
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "file is not a database" in done.stderr
+    code, out, err = run_cli(monkeypatch, capsys, "registry", "list", "--registry", str(garbage))
+    assert code == 2 and out == "" and err.count("\n") == 1 and "file is not a database" in err
