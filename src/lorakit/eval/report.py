@@ -70,6 +70,16 @@ def sample_rows(rows: list[EvalRow], outputs: dict[str, list[str]], count: int) 
     return samples
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 @dataclass
 class EvalReport:
     """Everything one evaluation measured. ``metrics`` and ``regression`` map metric → column → value."""
@@ -94,10 +104,11 @@ class EvalReport:
         return not self.failures
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+        """Plain JSON data; a non-finite number (e.g. the loss of empty references) becomes ``None``."""
+        return _finite({**asdict(self), "passed": self.passed})
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=True)
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False)
 
     def write(self, directory: str | Path) -> dict[str, str]:
         """Write ``report.json`` and the self-contained ``report.html`` into ``directory`` (atomically); returns their paths."""
