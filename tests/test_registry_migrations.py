@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import subprocess
-import sys
 
 import pytest
 from sqlalchemy import text
@@ -53,11 +51,7 @@ def test_a_database_at_the_first_revision_upgrades_with_its_data(registry_url, t
             assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == db.head_revision() == "0002"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lorakit.cli", "registry", *args], capture_output=True, text=True, timeout=120)
-
-
-def test_a_database_from_a_newer_lorakit_is_refused(registry_url):
+def test_a_database_from_a_newer_lorakit_is_refused(registry_url, monkeypatch, capsys):
     Registry(registry_url).close()
     engine = db.engine_for(registry_url)
     with engine.begin() as connection:
@@ -65,9 +59,8 @@ def test_a_database_from_a_newer_lorakit_is_refused(registry_url):
     engine.dispose()
     with pytest.raises(RegistryError, match="schema revision '0099_future', made by a newer lorakit .* upgrade lorakit"):
         Registry(registry_url)
-    done = _cli("list", "--registry", registry_url)
-    assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.count("\n") == 1 and "newer lorakit" in done.stderr
+    code, out, err = run_cli(monkeypatch, capsys, "registry", "list", "--registry", registry_url)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "newer lorakit" in err
 
 
 def test_a_database_that_cannot_be_opened_is_a_one_line_error(tmp_path, monkeypatch, capsys):
