@@ -188,6 +188,9 @@ def test_bad_inputs_raise_typed_errors_and_write_nothing(registry_url, tmp_path)
     with Registry(registry_url) as registry:
         with pytest.raises(AdapterFileError, match="no adapter_config.json"):
             registry.add(tmp_path / "empty")
+        make_adapter(tmp_path / "run" / "adapter")
+        with pytest.raises(AdapterFileError, match=r"looks like a training run: register .*run/adapter"):
+            registry.add(tmp_path / "run")
         shutil.rmtree(a)
         with pytest.raises(RegistryError, match="is not registered and its directory is gone"):
             registry.add(d)  # c and b would be registered first: the failure rolls all of it back
@@ -239,3 +242,18 @@ def test_a_default_model_adapter_is_registered_promoted_served_by_production_and
     lk.load_adapter(model, "registry:support@production", name="served")
     lk.set_active(model, "served")
     torch.testing.assert_close(logits(model, ids), expected, rtol=0, atol=0)
+
+
+def test_the_trainers_provenance_block_is_read(registry_url, tmp_path):
+    train = {"path": "data/train.jsonl", "sha256": "c3" * 32, "rows": 40, "sequences": 40, "truncated": 0}
+    evaluation = {"path": "data/val.jsonl", "sha256": "d4" * 32, "rows": 8}
+    meta = {"training": {"config": {"lora": {"r": 4}}, "dataset": {"train": train, "eval": evaluation},
+                         "metrics": {"steps": 30, "final_loss": 1.75, "best_eval_loss": None}}}
+    with Registry(registry_url) as registry:
+        record = registry.add(make_adapter(tmp_path / "run" / "adapter", metadata=meta))
+        assert record.ref == "run@1"
+        assert [(d["name"], d["role"], d["rows"]) for d in record.datasets] == [("val.jsonl", "eval", 8),
+                                                                                ("train.jsonl", "train", 40)]
+        assert sorted((m["name"], m["value"]) for m in record.metrics) == [("final_loss", 1.75), ("steps", 30.0)]
+        assert [x["ref"] for x in registry.trained_on("train.jsonl")["adapters"]] == ["run@1"]
+        assert registry.trained_on("val.jsonl")["adapters"] == []  # evaluated on it, not trained on it

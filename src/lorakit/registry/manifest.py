@@ -4,8 +4,10 @@ fields of ``lorakit.json`` (base, datasets, metrics, lineage), read defensively.
 The fields consumed from ``lorakit.json`` (all optional; anything else is kept verbatim in ``meta``):
 
 - ``base: {name_or_path, fingerprint, architecture, parameters}``
-- ``dataset: {name, path | uri, sha256, rows, license, notes, role}`` — or ``datasets: [...]`` of the same
-- ``metrics``: ``{name: value}``, ``{split: {name: value}}`` or ``[{name, value, split, dataset}]``
+- ``dataset: {name, path | uri, sha256, rows, license, notes, role}`` — or ``datasets: [...]`` of the same, or
+  the trainer's ``training: {dataset: {train: {...}, eval: {...}}}``
+- ``metrics``: ``{name: value}``, ``{split: {name: value}}`` or ``[{name, value, split, dataset}]``; also the
+  trainer's ``training: {metrics: {...}}``
 - ``lineage: {method, params, parents: [{registry: "name@version" | path, sha256, weight}]}`` where ``sha256``
   is the hash of the parent's ``adapter_model.safetensors`` and a relative ``path`` is relative to the adapter
 - ``created_at``, ``lorakit_version``, ``owner``, ``description``, ``tags: [str]``
@@ -24,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from lorakit.bases import DEFAULT_BASE, default_cache_dir
 from lorakit.errors import AdapterFileError
 from lorakit.io import read_adapter
-from lorakit.peft_format import WEIGHTS_FILE
+from lorakit.peft_format import CONFIG_FILE, WEIGHTS_FILE
 
 _CHUNK = 1 << 20
 
@@ -100,6 +102,8 @@ class Manifest:
 def read_manifest(directory: str | Path) -> Manifest:
     """Validate ``directory`` as an adapter (the same checks as loading) and gather what the registry records."""
     path = Path(directory).expanduser().resolve()
+    if not (path / CONFIG_FILE).exists() and (path / "adapter" / CONFIG_FILE).exists():
+        raise AdapterFileError(f"{path}: no {CONFIG_FILE} here; it looks like a training run: register {path / 'adapter'}")
     files = read_adapter(path)
     config, meta = files.config, files.meta
     targets = config.targets if isinstance(config.targets, str) else ",".join(sorted(config.targets))
@@ -107,7 +111,8 @@ def read_manifest(directory: str | Path) -> Manifest:
     return Manifest(
         path=path, files=hash_files(path), rank=config.r, alpha=float(config.alpha), targets=targets,
         task_type=config.task_type, meta=meta, base=_base(meta, files.raw_config),
-        datasets=_datasets(meta, path), metrics=_metrics(meta.get("metrics")),
+        datasets=_datasets(meta, path),
+        metrics=_metrics(meta.get("metrics")) + _metrics(_dict(meta.get("training")).get("metrics")),
         parents=[_parent(p, path) for p in lineage.get("parents") or []],
         method=_text(lineage.get("method")), params=_dict(lineage.get("params")) or None,
     )
@@ -163,10 +168,18 @@ def count_parameters(base_name: str | None) -> int | None:
     return total
 
 
-def _datasets(meta: dict[str, Any], where: Path) -> list[DatasetInfo]:
+def _dataset_entries(meta: dict[str, Any]) -> list[tuple[Any, str | None]]:
+    """``(entry, role)`` from ``datasets``/``dataset`` and from the trainer's ``training.dataset.{train,eval}``."""
     entries = meta.get("datasets") if isinstance(meta.get("datasets"), list) else [meta.get("dataset")]
+    found = [(entry, None) for entry in entries]
+    by_role = _dict(_dict(meta.get("training")).get("dataset"))
+    found += [(entry, role) for role, entry in by_role.items() if role in ("train", "eval")]
+    return found
+
+
+def _datasets(meta: dict[str, Any], where: Path) -> list[DatasetInfo]:
     found = []
-    for entry in entries:
+    for entry, role in _dataset_entries(meta):
         if isinstance(entry, str):
             entry = {"path": entry}
         if not isinstance(entry, dict):
@@ -177,7 +190,7 @@ def _datasets(meta: dict[str, Any], where: Path) -> list[DatasetInfo]:
         if name is None:
             raise AdapterFileError(f"{where / 'lorakit.json'}: a dataset entry has none of name, path, uri, sha256")
         found.append(DatasetInfo(name, uri, sha.lower() if sha else None, _int(entry.get("rows")), _text(entry.get("license")),
-                                 _text(entry.get("notes")), _text(entry.get("role")) or "train"))
+                                 _text(entry.get("notes")), role or _text(entry.get("role")) or "train"))
     return found
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from lorakit.errors import RegistryError
+from lorakit.peft_format import WEIGHTS_FILE
 from lorakit.registry import db
 from lorakit.registry.manifest import DatasetInfo, Manifest, ParentInfo, read_manifest
 from lorakit.registry.records import AdapterRecord, adapter_record, audit_dict, iso
@@ -149,8 +150,8 @@ class Registry:
                 session.add(LineageEdge(parent_id=parent.id, child_id=adapter.id, method=manifest.method,
                                         weight=info.weight, params=manifest.params))
         self.log(session, "register", adapter.ref, path=adapter.path, weights_sha256=manifest.weights_sha256,
-                    parents=sorted({p.ref for _, matches in parents for p in matches}),
-                    datasets=[d.name for d in manifest.datasets])
+                 parents=sorted({p.ref for _, matches in parents for p in matches}),
+                 datasets=[d.name for d in manifest.datasets])
         session.flush()
         return adapter
 
@@ -159,7 +160,7 @@ class Registry:
             return [lookup(session, info.ref)]
         if info.sha256 is not None:
             found = session.scalars(select(Adapter).join(AdapterFile).where(
-                AdapterFile.filename == "adapter_model.safetensors", AdapterFile.sha256 == info.sha256).order_by(Adapter.id)).all()
+                AdapterFile.filename == WEIGHTS_FILE, AdapterFile.sha256 == info.sha256).order_by(Adapter.id)).all()
         else:
             found = session.scalars(select(Adapter).where(Adapter.path == info.path).order_by(Adapter.id)).all()
         if found:
