@@ -1,8 +1,8 @@
 """Open the registry database — SQLite at ``LORAKIT_HOME/registry.db`` by default, PostgreSQL by URL — bring its
 schema up to date with Alembic, and serialise writers.
 
-Writers never race: on SQLite every transaction starts with ``BEGIN IMMEDIATE`` (WAL journal, 30 s busy
-timeout), on PostgreSQL every write transaction first takes a transaction-scoped advisory lock. A database
+Writers never race: on SQLite a write transaction starts with ``BEGIN IMMEDIATE`` (WAL journal, 30 s busy
+timeout; readers are not blocked), on PostgreSQL it first takes a transaction-scoped advisory lock. A database
 whose schema revision this lorakit does not know (made by a newer lorakit) is refused, never touched.
 """
 
@@ -25,6 +25,7 @@ from lorakit.errors import RegistryError
 DEFAULT_FILE = "registry.db"
 BUSY_TIMEOUT_MS = 30_000
 _WRITE_LOCK_KEY = 0x6C6B7267  # PostgreSQL advisory lock id ("lkrg") shared by every lorakit writer
+_WRITER = "lorakit_writer"  # execution option marking a connection that will write
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -84,40 +85,52 @@ def _sqlite_settings(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock up front: no stale-snapshot upgrades
+        # A writer takes the write lock up front (no stale-snapshot upgrade can fail); readers never block writers.
+        immediate = connection.get_execution_options().get(_WRITER, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+WRITER_OPTIONS = {_WRITER: True}  # execution options declaring a connection a writer before its transaction begins
 
 
 def write_lock(connection: Connection) -> None:
-    """Serialise this transaction with every other registry writer (SQLite already is, by BEGIN IMMEDIATE)."""
+    """Serialise this transaction with every other registry writer (on SQLite BEGIN IMMEDIATE already has)."""
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _WRITE_LOCK_KEY})
-
-
-def _alembic(connection: Connection) -> tuple[Config, ScriptDirectory]:
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
-    config.attributes["connection"] = connection
-    return config, ScriptDirectory.from_config(config)
 
 
 def head_revision() -> str:
     return ScriptDirectory(str(_MIGRATIONS)).get_current_head()
 
 
+def _check_known(current: str | None, script: ScriptDirectory, where: str) -> None:
+    if current is not None and current not in {revision.revision for revision in script.walk_revisions()}:
+        raise RegistryError(f"registry {where} has schema revision {current!r}, made by a newer lorakit "
+                            f"(this one knows up to {script.get_current_head()!r}); upgrade lorakit to use it")
+
+
 def migrate(engine: Engine, target: str = "head") -> None:
-    """Upgrade the schema to ``target`` (one transaction); refuse a database from a newer lorakit."""
+    """Upgrade the schema to ``target`` in one locked transaction; refuse a database from a newer lorakit.
+
+    A database already at ``target`` is only read.
+    """
     where = shown(str(engine.url))
+    script = ScriptDirectory(str(_MIGRATIONS))
+    wanted = script.get_current_head() if target == "head" else target
     try:
-        with engine.begin() as connection:
+        with engine.connect() as probe:
+            current = MigrationContext.configure(probe).get_current_revision()
+        _check_known(current, script, where)
+        if current == wanted:
+            return
+        with engine.connect().execution_options(**WRITER_OPTIONS) as connection, connection.begin():
             write_lock(connection)
-            config, script = _alembic(connection)
             current = MigrationContext.configure(connection).get_current_revision()
-            known = {revision.revision for revision in script.walk_revisions()}
-            if current is not None and current not in known:
-                raise RegistryError(f"registry {where} has schema revision {current!r}, made by a newer lorakit "
-                                    f"(this one knows up to {script.get_current_head()!r}); upgrade lorakit to use it")
-            wanted = script.get_current_head() if target == "head" else target
+            _check_known(current, script, where)
             if current != wanted:
+                config = Config()
+                config.set_main_option("script_location", str(_MIGRATIONS))
+                config.attributes["connection"] = connection
                 command.upgrade(config, target)
     except DBAPIError as err:
         raise RegistryError(f"cannot open registry {where}: {first_line(err.orig)}") from None

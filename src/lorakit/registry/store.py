@@ -93,7 +93,7 @@ class Registry:
     def writing(self) -> Iterator[Session]:
         """Like :meth:`reading`, serialised with every other writer of this registry."""
         with self.reading() as session:
-            db.write_lock(session.connection())
+            db.write_lock(session.connection(execution_options=db.WRITER_OPTIONS))
             yield session
 
     def log(self, session: Session, action: str, adapter: str | None, **details: Any) -> None:
