@@ -43,7 +43,10 @@ GENERAL_SHOWN = 2
 
 
 def tiny_base(directory: str | Path, seed: int = 0) -> Path:
-    """A 2-layer random Llama with the default model's tokenizer and chat template, saved to ``directory``."""
+    """A 2-layer random Llama with the default model's tokenizer and chat template, saved to ``directory``.
+
+    Its weights are drawn wider than usual (std 0.3) so that logits can move far from uniform when trained.
+    """
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     directory = Path(directory)
@@ -53,7 +56,7 @@ def tiny_base(directory: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         tie_word_embeddings=True, initializer_range=0.3, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     with atomic.directory(directory) as staging:
         LlamaForCausalLM(config).save_pretrained(staging)
