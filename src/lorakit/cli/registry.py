@@ -132,7 +132,10 @@ def lineage(ref: str = typer.Argument(..., help="NAME or NAME@VERSION."), url: s
 
 
 def _tree(node: dict[str, Any], lead: str, child_lead: str, lines: list[str]) -> None:
-    how = f"  ← {node['method'] or '?'}" + (f" weight {node['weight']:g}" if node.get("weight") is not None else "") if "method" in node else ""
+    """Append ``node`` and its ancestors as an indented tree; each line says how the child was made from it."""
+    how = ""
+    if "method" in node:  # every node but the root hangs from an edge
+        how = f"  ← {node['method'] or '?'}" + (f" weight {node['weight']:g}" if node["weight"] is not None else "")
     data = "".join(f"  data: {d['name']} ({(d['sha256'] or '?')[:12]})" for d in node["datasets"] if d.get("role") == "train")
     lines.append(f"{lead}{node['ref']} [{node['status']}]{how}{data}")
     for i, parent in enumerate(node["parents"]):
