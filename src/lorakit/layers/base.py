@@ -11,11 +11,15 @@ from lorakit.errors import AdapterStateError, MergeError
 class RowRouting:
     """Which adapter each row of a batch uses: ``groups`` maps an adapter name to the row indices using it.
 
-    Rows that appear in no group get the base model's output. Built once per batch and shared by all layers.
+    Rows that appear in no group get the base model's output. Built once per batch composition and shared by
+    all layers; ``plans`` caches each layer's stacked factors for it (``layers/routed.py``), so keep one
+    routing while the rows keep their adapters (decode steps) and make a new one when they change.
     """
 
     def __init__(self, row_adapters: list[str | None], device: torch.device | str = "cpu") -> None:
         self.row_adapters = list(row_adapters)
+        self.device = device
+        self.plans: dict[int, list] = {}
         rows_by_name: dict[str, list[int]] = {}
         for row, name in enumerate(self.row_adapters):
             if name is not None:
@@ -69,6 +73,18 @@ class LoraLayer(nn.Module):
         self.scaling[name] = float(scale)
         self.dropout_p[name] = float(dropout)
         self.reset_adapter(name, init)
+
+    def attach_adapter(self, name: str, A: torch.Tensor, B: torch.Tensor, scale: float, dropout: float) -> None:
+        """Add adapter ``name`` from loaded factors ``A: (r, in)``, ``B: (out, r)`` as frozen parameters, without
+        initialising (no copy when they already have the adapter dtype). Shapes are the caller's to check."""
+        if name in self.lora_A:
+            raise AdapterStateError(f"adapter {name!r} already exists in this layer; delete it first or pick another name")
+        weight = self._base_weight()
+        dtype = self._adapter_dtype(weight)
+        self.lora_A[name] = nn.Parameter(A.to(weight.device, dtype), requires_grad=False)
+        self.lora_B[name] = nn.Parameter(B.to(weight.device, dtype), requires_grad=False)
+        self.scaling[name] = float(scale)
+        self.dropout_p[name] = float(dropout)
 
     def reset_adapter(self, name: str, init: str = "default") -> None:
         raise NotImplementedError

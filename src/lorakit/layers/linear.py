@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit import quant
-from lorakit.layers import dora
+from lorakit.layers import dora, routed
 from lorakit.layers.base import LoraLayer
 
 
@@ -149,9 +149,13 @@ class LoraLinear(LoraLayer):
         return F.linear(xa, self.lora_B[name])  # (..., r) @ (r, out) -> (..., out)
 
     def _add_routed(self, x: torch.Tensor, out: torch.Tensor, routing) -> torch.Tensor:
-        """Per-row adapters: each group of rows sharing an adapter gets one segment matmul pair."""
+        """Per-row adapters: plain LoRA rows by rank group in batched matmuls (``layers/routed.py``); DoRA and
+        AdaLoRA rows, and dropout while training, per group of rows sharing an adapter."""
+        fast = routed.fast_names(self, routing)
+        if fast:
+            out = routed.add_rows(self, x, out, routed.plan(self, routing, fast))
         for name, rows in routing.groups.items():
-            if name not in self.lora_A:
+            if name not in self.lora_A or name in fast:
                 continue
             x_rows = x.index_select(0, rows)  # (n_rows, ..., in)
             if name in self.lora_magnitude:
