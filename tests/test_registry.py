@@ -257,3 +257,20 @@ def test_the_trainers_provenance_block_is_read(registry_url, tmp_path):
         assert sorted((m["name"], m["value"]) for m in record.metrics) == [("final_loss", 1.75), ("steps", 30.0)]
         assert [x["ref"] for x in registry.trained_on("train.jsonl")["adapters"]] == ["run@1"]
         assert registry.trained_on("val.jsonl")["adapters"] == []  # evaluated on it, not trained on it
+
+
+def test_lineage_written_by_combine_and_compress_is_traced(tmp_path):
+    from lorakit.algebra.combine import combine
+    from lorakit.algebra.compress import compress
+
+    a = make_adapter(tmp_path / "a", seed=1, metadata={"dataset": D1})
+    b = make_adapter(tmp_path / "b", seed=2)
+    combine([a, b], tmp_path / "mix", method="linear", weights=[0.7, 0.3])
+    compress(tmp_path / "mix", tmp_path / "small", rank=2)
+    with Registry(str(tmp_path / "registry.db")) as registry:
+        small = registry.add(tmp_path / "small")
+        assert small.parents == [{"ref": "mix@1", "method": "compress", "weight": 1.0, "params": {"rank": 2}}]
+        assert [(p["ref"], p["weight"]) for p in registry.get("mix@1").parents] == [("a@1", 0.7), ("b@1", 0.3)]
+        assert small.base["fingerprint"] == lk.read_adapter(a).base_fingerprint
+        found = registry.trained_on(D1["sha256"])["adapters"]
+        assert [(x["ref"], x["via"]) for x in found] == [("a@1", []), ("mix@1", ["a@1"]), ("small@1", ["a@1", "mix@1"])]
