@@ -157,3 +157,22 @@ def quantized_footprint(model: nn.Module) -> tuple[int, int]:
             quantised += storage_bytes(module)
             fp32 += module.in_features * module.out_features * 4
     return quantised, fp32
+
+
+def base_footprint(model: nn.Module) -> tuple[int, int]:
+    """``(bytes the base takes as held, bytes the same base takes in fp32)``; adapter tensors excluded,
+    tied tensors counted once, quantised weights with their constants."""
+    quantised = {name for name, module in model.named_modules() if is_quantized(module)}
+    held = fp32 = 0
+    for name, param in model.named_parameters():
+        if ".lora_" in name:
+            continue
+        owner, _, leaf = name.rpartition(".")
+        if owner in quantised and leaf == "weight":
+            module = model.get_submodule(owner)
+            held += storage_bytes(module)
+            fp32 += module.in_features * module.out_features * 4
+        else:
+            held += param.numel() * param.element_size()
+            fp32 += param.numel() * 4
+    return held, fp32
