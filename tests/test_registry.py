@@ -274,3 +274,38 @@ def test_lineage_written_by_combine_and_compress_is_traced(tmp_path):
         assert small.base["fingerprint"] == lk.read_adapter(a).base_fingerprint
         found = registry.trained_on(D1["sha256"])["adapters"]
         assert [(x["ref"], x["via"]) for x in found] == [("a@1", []), ("mix@1", ["a@1"]), ("small@1", ["a@1", "mix@1"])]
+
+
+@pytest.fixture
+def one_thread():
+    """A tiny model gains nothing from threads, and on a busy machine spinning OpenMP threads lose a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_an_adapter_from_the_real_trainer_is_registered_promoted_loaded_and_found(tmp_path, monkeypatch, one_thread):
+    from lorakit.quickstart import tiny_base
+    from lorakit.train import train
+
+    monkeypatch.setenv("LORAKIT_REGISTRY", str(tmp_path / "registry.db"))
+    base = tiny_base(lk.bases.lorakit_home() / "models" / "tiny-demo")  # shared with the training tests
+    data = tmp_path / "tickets.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Ticket {i}: printer jammed?", "completion": f" reply {i}"}) + "\n"
+                            for i in range(8)))
+    config = {"base": str(base), "lora": {"r": 4, "alpha": 8}, "output": str(tmp_path / "triage"),
+              "data": {"train": str(data), "format": "completion", "max_length": 32},
+              "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "precision": "fp32", "seed": 0}}
+    summary = train(config, progress=False)
+    record = lk.registry.auto_register(summary["adapter"])
+    assert record.ref == "triage@1" and record.base["name"] == str(base)
+    assert [(d["sha256"], d["rows"]) for d in record.datasets if d["role"] == "train"] == [
+        (hashlib.sha256(data.read_bytes()).hexdigest(), 8)]
+    with Registry() as registry:
+        registry.promote("triage@1")
+        assert [x["ref"] for x in registry.trained_on(str(data))["adapters"]] == ["triage@1"]
+    model, tokenizer = lk.bases.load(str(base))
+    ids = tokenizer("Ticket 3: printer jammed?", return_tensors="pt").input_ids
+    direct = logits(lk.load_adapter(lk.bases.load(str(base))[0], summary["adapter"]), ids)
+    torch.testing.assert_close(logits(lk.load_adapter(model, "registry:triage@production"), ids), direct, rtol=0, atol=0)
