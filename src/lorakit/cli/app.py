@@ -32,6 +32,7 @@ def _register() -> None:
     from lorakit.cli import algebra  # noqa: F401
     from lorakit.cli import eval  # noqa: F401
     from lorakit.cli import registry  # noqa: F401
+    from lorakit.cli import serve  # noqa: F401
     from lorakit.cli import train  # noqa: F401
 
 

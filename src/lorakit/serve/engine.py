@@ -110,6 +110,9 @@ class Engine:
             raise UnknownAdapterError(f"no adapter named {adapter!r}; known: {sorted(self.cache.sources) or 'none'}")
         if not prompt:
             raise ConfigError("prompt is empty")
+        vocab = self.model.config.vocab_size
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise ConfigError(f"prompt token ids must lie in [0, {vocab}), got {min(prompt)}..{max(prompt)}")
         if len(prompt) > self.max_prompt_tokens:
             raise PromptTooLongError(f"prompt has {len(prompt)} tokens, the limit is {self.max_prompt_tokens}")
         if params.max_tokens < 1:
