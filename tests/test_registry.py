@@ -88,6 +88,7 @@ def test_promotion_rules_and_audit(registry_url, tmp_path):
         assert registry.get("support@production").ref == "support@3"  # the most recently promoted
         registry.retire("support@3", reason="regressed on faq")
         assert registry.get("support@production").ref == "support@2"
+        assert [e["action"] for e in registry.audit("support@production")] == ["register", "promote"]
         with pytest.raises(RegistryError, match="retired and cannot be promoted"):
             registry.promote("support@3")
         with pytest.raises(RegistryError, match="choose staging or production"):

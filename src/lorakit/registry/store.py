@@ -227,12 +227,16 @@ class Registry:
             return [adapter_record(session, a) for a in session.scalars(query).unique()]
 
     def audit(self, ref: str | None = None) -> list[dict[str, Any]]:
-        """The audit log, oldest first; only entries about ``ref``'s name (or ``name@version``) when given."""
+        """The audit log, oldest first; only entries about ``ref`` when given: every version of a bare name,
+        else the one version it names (``name@production`` means the version that is production now)."""
         query = select(AuditEntry).order_by(AuditEntry.id)
-        if ref is not None:
-            name, selector = parse_ref(ref)
-            query = query.where(AuditEntry.adapter == ref if selector else AuditEntry.adapter.like(f"{name}@%"))
         with self.reading() as session:
+            if ref is not None:
+                name, selector = parse_ref(ref)
+                if selector is None:
+                    query = query.where(AuditEntry.adapter.startswith(f"{name}@", autoescape=True))
+                else:
+                    query = query.where(AuditEntry.adapter == lookup(session, ref, include_retired=True).ref)
             return [audit_dict(e) for e in session.scalars(query)]
 
     # --- governance -------------------------------------------------------------------------------------
