@@ -64,6 +64,11 @@ def tiny_base(directory: str | Path, seed: int = 0) -> Path:
     return directory
 
 
+def write_demo_data(out: str | Path, *, fast: bool = False) -> dict[str, Path]:
+    """Write the demo task's splits (the quickstart's sizes) to ``out/data``; return their paths."""
+    return make_demo_task(*SPLITS["fast" if fast else "real"]).write(Path(out) / "data")
+
+
 def evaluate_task(model, tokenizer, rows: list[dict], mode: str, batch_size: int = 16) -> tuple[dict, list[str]]:
     """JSON triage scores of ``model`` on ``rows`` (greedy, the prompt without the answer)."""
     with precision.autocast(mode, next(model.parameters()).device.type):
@@ -83,8 +88,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", *, fast: bool = False, p
         bases.ensure_default_cached()
         base = bases.DEFAULT_BASE
     seconds = {"convert": time.perf_counter() - begin}
-    sizes = SPLITS["fast" if fast else "real"]
-    task = make_demo_task(*sizes)
+    task = make_demo_task(*SPLITS["fast" if fast else "real"])
     paths = task.write(out / "data")
     settings = FAST if fast else REAL
     config = load_config({"base": base, "output": str(out / "run"), **settings,
