@@ -90,6 +90,61 @@ def one_variant(variant: str, steps: int, test_rows: int, out: Path) -> dict:
     return row
 
 
+def footprint() -> str:
+    """Q1 and Q1b alone: the default model loaded as NF4, no training."""
+    import lorakit as lk
+    from lorakit import quant
+
+    model, _ = lk.bases.load("smollm2-135m-instruct", quantize="nf4")
+    quantised, fp32 = quant.quantized_footprint(model)
+    held, full = quant.base_footprint(model)
+    return (f"- **Q1** NF4 linear layers with double-quantised constants ÷ the same layers in fp32: **{quantised / fp32:.4f}** "
+            f"({quantised / 2**20:.1f} MiB vs {fp32 / 2**20:.1f} MiB; goal ≤ 0.135).\n"
+            f"- **Q1b** whole base (embeddings and norms stay fp32) NF4 ÷ fp32: **{held / full:.3f}** "
+            f"({held / 2**20:.1f} MiB vs {full / 2**20:.1f} MiB).\n")
+
+
+def checkpointing_step(variant: str, checkpointing: bool) -> dict:
+    """Peak RSS of one forward+backward (batch 8 × 160 tokens, bf16 autocast) over the RSS before it."""
+    import torch
+
+    import lorakit as lk
+    from lorakit.train import precision
+
+    model, _ = lk.bases.load("smollm2-135m-instruct", quantize=VARIANTS[variant].get("quantize"))
+    lk.inject(model, lk.LoraConfig(**{**BASE_LORA, **VARIANTS[variant].get("lora", {})}))
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    ids = torch.randint(0, 49152, (8, 160), generator=torch.Generator().manual_seed(0))
+    before = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    with precision.autocast(precision.resolve("auto", "cpu"), "cpu"):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"variant": variant, "checkpointing": checkpointing, "step_mb": peak - before, "peak_mb": peak}
+
+
+def checkpointing_table() -> str:
+    rows = []
+    for variant in ("LoRA", "DoRA", "QLoRA (NF4)"):
+        for flag in (False, True):
+            result = subprocess.run([sys.executable, __file__, "--checkpointing-step", variant] + (["--on"] if flag else []),
+                                    capture_output=True, text=True, cwd=ROOT)
+            found = [line[4:] for line in result.stdout.splitlines() if line.startswith("ROW ")]
+            if not found:
+                print(f"{variant}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
+                continue
+            rows.append(json.loads(found[0]))
+    lines = ["| variant | memory of one step (peak − before) without → with checkpointing | ratio |", "|---|---:|---:|"]
+    for variant in ("LoRA", "DoRA", "QLoRA (NF4)"):
+        pair = [r for r in rows if r["variant"] == variant]
+        if len(pair) == 2:
+            off, on = sorted(pair, key=lambda r: r["checkpointing"])
+            lines.append(f"| {variant} | {off['step_mb']:.0f} MB → {on['step_mb']:.0f} MB | {on['step_mb'] / off['step_mb']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def machine() -> str:
     import torch
 
@@ -140,9 +195,22 @@ def main() -> None:
     parser.add_argument("--only", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset, in table order")
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--checkpointing", action="store_true", help="peak memory of one step without/with gradient checkpointing")
+    parser.add_argument("--checkpointing-step", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--on", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--footprint-only", action="store_true", help="print Q1/Q1b for the NF4 default model and stop")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.checkpointing_step:
+        print("ROW " + json.dumps(checkpointing_step(args.checkpointing_step, args.on)), flush=True)
+        return
+    if args.checkpointing:
+        print(checkpointing_table())
+        return
+    if args.footprint_only:
+        print(footprint())
+        return
     if args.only:
         row = one_variant(args.only, args.steps, args.test_rows, out / re.sub(r"\W+", "-", args.only).strip("-").lower())
         print("ROW " + json.dumps(row), flush=True)
