@@ -218,8 +218,17 @@ def test_bad_inputs_raise_typed_errors_and_write_nothing(registry_url, tmp_path)
     assert all(issubclass(e, LorakitError) for e in (AdapterFileError, RegistryError))
 
 
+@pytest.fixture
+def one_thread():
+    """One thread: these models are small, and on a busy machine spinning OpenMP threads lose a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_a_default_model_adapter_is_registered_promoted_served_by_production_and_found(tmp_path, monkeypatch):
+def test_a_default_model_adapter_is_registered_promoted_served_by_production_and_found(tmp_path, monkeypatch, one_thread):
     monkeypatch.delenv("LORAKIT_REGISTRY", raising=False)
     adapter_dir = tmp_path / "support" / "adapter"
     assert lk.registry.auto_register(adapter_dir) is None  # no registry configured: nothing happens
@@ -275,15 +284,6 @@ def test_lineage_written_by_combine_and_compress_is_traced(tmp_path):
         assert small.base["fingerprint"] == lk.read_adapter(a).base_fingerprint
         found = registry.trained_on(D1["sha256"])["adapters"]
         assert [(x["ref"], x["via"]) for x in found] == [("a@1", []), ("mix@1", ["a@1"]), ("small@1", ["a@1", "mix@1"])]
-
-
-@pytest.fixture
-def one_thread():
-    """A tiny model gains nothing from threads, and on a busy machine spinning OpenMP threads lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_an_adapter_from_the_real_trainer_is_registered_promoted_loaded_and_found(tmp_path, monkeypatch, one_thread):
