@@ -50,7 +50,7 @@ def eval_command(
     if len(adapters) != len(adapter):
         raise ConfigError("two --adapter options have the same NAME; give each adapter its own name")
     report = evaluate(base, adapters, data, task=task, regression=regression, max_drift=max_drift,
-                      dtype=getattr(torch, dtype))
+                      dtype=getattr(torch, dtype), log=lambda line: typer.echo(line, err=True))
     report.write(out)
     if as_json:
         typer.echo(report.to_json())

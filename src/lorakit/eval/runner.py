@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,8 @@ def _regression_set(regression: RegressionSet | str | Path | None) -> Regression
 def evaluate(base: str | tuple[nn.Module, Any] = bases.DEFAULT_BASE,
              adapters: Mapping[str, str | Path] | Sequence[str] = (), data: str | Path | Sequence[EvalRow] | None = None, *,
              task: TaskSpec | str | Path | None = None, regression: RegressionSet | str | Path | None = "default",
-             max_drift: Thresholds | str | None = None, dtype: torch.dtype = torch.float32) -> EvalReport:
+             max_drift: Thresholds | str | None = None, dtype: torch.dtype = torch.float32,
+             log: Callable[[str], None] | None = None) -> EvalReport:
     """Evaluate the base and every adapter on ``data`` (task metrics) and on the general sets (regression).
 
     ``base``: a model name or directory for :func:`lorakit.bases.load`, or a ``(model, tokenizer)`` pair.
@@ -80,8 +81,10 @@ def evaluate(base: str | tuple[nn.Module, Any] = bases.DEFAULT_BASE,
     ``data``: an evaluation file (see :mod:`lorakit.eval.data`) or a list of :class:`EvalRow`.
     ``task``: a :class:`TaskSpec` or its YAML; ``regression``: ``"default"``, a regression YAML, a
     :class:`RegressionSet`, or ``None`` to skip. ``max_drift``: thresholds that fail adapters (``report.passed``).
-    Data and spec are checked before any model is loaded.
+    ``log`` receives one line per step (the CLI prints them to stderr). Data and spec are checked before any
+    model is loaded.
     """
+    log = log or (lambda _: None)
     started = time.perf_counter()
     spec = task if isinstance(task, TaskSpec) else load_spec(task) if task is not None else TaskSpec()
     if data is None:
@@ -104,6 +107,7 @@ def evaluate(base: str | tuple[nn.Module, Any] = bases.DEFAULT_BASE,
     general: dict[str, RegressionScores] = {}
     for column in columns:
         with _column(model, column):
+            log(f"{column}: task metrics on {len(rows)} rows")
             if plan.generates:
                 outputs[column] = generate(model, tokenizer, [r.prompt for r in plan.generation_rows],
                                            max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size, chat=plan.chat)
@@ -112,6 +116,7 @@ def evaluate(base: str | tuple[nn.Module, Any] = bases.DEFAULT_BASE,
             for metric, value in scores.items():
                 metrics.setdefault(metric, {})[column] = value
             if rset is not None:
+                log(f"{column}: regression on the general sets")
                 general[column] = regression_scores(model, tokenizer, rset, kl=column != BASE, batch_size=spec.batch_size)
     failures = gate_failures(general[BASE], {c: general[c] for c in sources}, thresholds) if thresholds else []
     return EvalReport(

@@ -15,6 +15,7 @@ from lorakit.eval.data import EvalRow
 from lorakit.eval.scoring import reference_likelihood
 from lorakit.eval.spec import TEXT_DEFAULTS, TaskSpec
 
+_TEXT_METRICS = ("exact_match", "normalized_match", "token_f1", "rouge_l")
 _GENERATION_METRICS = ("exact_match", "normalized_match", "token_f1", "rouge_l", "json", "schema", "regex")
 _NEEDS_REFERENCE = ("exact_match", "normalized_match", "token_f1", "rouge_l", "json", "perplexity")
 
@@ -97,7 +98,7 @@ def _json_references(rows: list[EvalRow], plan: TaskPlan) -> list[dict]:
 
 def score_outputs(plan: TaskPlan, spec: TaskSpec, outputs: list[str]) -> dict[str, float]:
     """Metrics computed from generated ``outputs`` (one per generation row), each a mean over rows."""
-    texts = plan.reference_texts() if any(x in plan.metrics for x in TEXT_DEFAULTS[:4]) else []
+    texts = plan.reference_texts() if any(x in plan.metrics for x in _TEXT_METRICS) else []
     scores: dict[str, float] = {}
     for name, fn in (("exact_match", m.exact_match_scores), ("normalized_match", m.normalized_match_scores),
                      ("token_f1", m.token_f1_scores), ("rouge_l", m.rouge_l_scores)):
