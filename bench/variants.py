@@ -145,6 +145,21 @@ def checkpointing_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def nf4_merge(adapter: str) -> str:
+    """Merge a trained adapter into the NF4 default model, kept float and re-quantised: the output change each time."""
+    import lorakit as lk
+    from lorakit.merge_quantized import merge_quantized, sample_batch
+
+    lines = ["| merge into NF4 | max abs Δlogit | mean KL (nats/token) |", "|---|---:|---:|"]
+    for requantize in (False, True):
+        model, _ = lk.bases.load("smollm2-135m-instruct", quantize="nf4")
+        lk.load_adapter(model, adapter)
+        report = merge_quantized(model, requantize=requantize, sample=sample_batch(model, batch=4, length=64))
+        form = "re-quantised to NF4" if requantize else "kept in fp32"
+        lines.append(f"| {form} ({report.quantized_layers} layers) | {report.max_abs_logit_delta:.4g} | {report.mean_kl:.3g} |")
+    return "\n".join(lines) + "\n"
+
+
 def machine() -> str:
     import torch
 
@@ -198,6 +213,7 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true", help="peak memory of one step without/with gradient checkpointing")
     parser.add_argument("--checkpointing-step", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--on", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--nf4-merge", metavar="ADAPTER", help="merge a trained adapter into the NF4 model and report the change")
     parser.add_argument("--footprint-only", action="store_true", help="print Q1/Q1b for the NF4 default model and stop")
     args = parser.parse_args()
     out = Path(args.out)
@@ -207,6 +223,9 @@ def main() -> None:
         return
     if args.checkpointing:
         print(checkpointing_table())
+        return
+    if args.nf4_merge:
+        print(nf4_merge(args.nf4_merge))
         return
     if args.footprint_only:
         print(footprint())

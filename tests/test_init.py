@@ -72,6 +72,16 @@ def test_saved_adapter_is_plain_lora_that_gives_the_trained_outputs_on_the_untou
         assert (peft_model(input_ids=ids).logits - trained).abs().max() <= 1e-4
 
 
+def test_merge_into_the_residual_equals_unmerged():
+    model = tiny_llama()
+    lk.inject(model, lk.LoraConfig(r=4, alpha=8, init="olora"))
+    _train_a_little(model)
+    ids = token_batch()
+    unmerged = logits(model, ids)
+    lk.merge(model)
+    assert (logits(model, ids) - unmerged).abs().max() <= 1e-5
+
+
 def test_pissa_with_dora_saves_and_reloads(tmp_path):
     model = tiny_llama()
     lk.inject(model, lk.LoraConfig(r=4, alpha=8, init="pissa", use_dora=True))
