@@ -181,6 +181,8 @@ def test_eos_ends_generation_without_emitting_it(adapters):
     engine.eos_ids = {free.tokens[2]}
     ended = engine.generate([5, 6, 7], "a", max_tokens=6, temperature=0)
     assert ended.finish_reason == "stop" and ended.tokens == free.tokens[:free.tokens.index(free.tokens[2]) + 1]
+    ignored = engine.generate([5, 6, 7], "a", max_tokens=6, temperature=0, ignore_eos=True)
+    assert ignored.finish_reason == "length" and ignored.tokens == free.tokens
 
 
 def test_chat_requests_use_the_tokenizer_chat_template(adapters):

@@ -153,9 +153,11 @@ def _is_ignorable(key: str) -> bool:
     return ".original_module." in key or key.endswith(".base_layer.weight")
 
 
-def check_fits(model: nn.Module, files: AdapterFiles) -> dict[str, torch.Tensor]:
-    """Compare an adapter's tensors with what ``model`` expects; return them by normalised key or raise."""
-    shapes = expected_shapes(model, files.config)
+def check_fits(model: nn.Module, files: AdapterFiles,
+               shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, torch.Tensor]:
+    """Compare an adapter's tensors with what ``model`` expects (``shapes``: :func:`expected_shapes` when the
+    caller already has it); return them by normalised key or raise."""
+    shapes = expected_shapes(model, files.config) if shapes is None else shapes
     tensors = {_normalise_key(k): v for k, v in files.tensors.items() if not _is_ignorable(k)}
     missing = sorted(set(shapes) - set(tensors))
     unexpected = sorted(set(tensors) - set(shapes))

@@ -19,7 +19,7 @@ class RowRouting:
     def __init__(self, row_adapters: list[str | None], device: torch.device | str = "cpu") -> None:
         self.row_adapters = list(row_adapters)
         self.device = device
-        self.plans: dict[int, list] = {}
+        self.plans: dict[tuple[int, bool], tuple[list, list[str]]] = {}
         rows_by_name: dict[str, list[int]] = {}
         for row, name in enumerate(self.row_adapters):
             if name is not None:

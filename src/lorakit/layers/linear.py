@@ -151,12 +151,11 @@ class LoraLinear(LoraLayer):
     def _add_routed(self, x: torch.Tensor, out: torch.Tensor, routing) -> torch.Tensor:
         """Per-row adapters: plain LoRA rows by rank group in batched matmuls (``layers/routed.py``); DoRA and
         AdaLoRA rows, and dropout while training, per group of rows sharing an adapter."""
-        fast = routed.fast_names(self, routing)
-        if fast:
-            out = routed.add_rows(self, x, out, routed.plan(self, routing, fast))
-        for name, rows in routing.groups.items():
-            if name not in self.lora_A or name in fast:
-                continue
+        groups, slow = routed.plan(self, routing)
+        if groups:
+            out = routed.add_rows(self, x, out, groups)
+        for name in slow:
+            rows = routing.groups[name]
             x_rows = x.index_select(0, rows)  # (n_rows, ..., in)
             if name in self.lora_magnitude:
                 delta, scale = dora.extra_output(self, name, x_rows, out.index_select(0, rows)), 1.0

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 class RankGroup:
     """Rows of one rank in one layer. ``rows`` is ``None`` when the group is every row of the batch in order.
 
-    Shared: ``A: (r, in)``, ``B: (out, r)``, ``scale`` the adapter's. Stacked: ``A: (n, in, r)``,
-    ``B: (n, r, out)`` already scaled, ``scale`` 1.
+    Shared: ``A: (r, in)``, ``B: (r, out)`` (a transposed view), ``scale`` the adapter's. Stacked:
+    ``A: (n, in, r)``, ``B: (n, r, out)`` already scaled, ``scale`` 1.
     """
 
     rows: torch.Tensor | None
@@ -41,21 +41,25 @@ class RankGroup:
 def fast_names(layer, routing) -> set[str]:
     """Adapters of ``routing`` this layer computes on the batched path: plain LoRA (no DoRA/AdaLoRA terms),
     and no dropout while training."""
+    factors, magnitude, svd_form = layer.lora_A, layer.lora_magnitude, layer.lora_E  # hoisted: module lookups are slow
     return {name for name in routing.groups
-            if name in layer.lora_A and name not in layer.lora_magnitude and name not in layer.lora_E
+            if name in factors and name not in magnitude and name not in svd_form
             and not (layer.training and layer.dropout_p[name] > 0)}
 
 
-def plan(layer, routing, names: set[str]) -> list[RankGroup]:
-    """The rank groups of ``layer`` for this batch; cached on ``routing`` when no gradient is recorded."""
-    key = id(layer)
+def plan(layer, routing) -> tuple[list[RankGroup], list[str]]:
+    """The rank groups of ``layer`` for this batch, and the adapters left to the per-group path; cached on
+    ``routing`` when no gradient is recorded."""
+    key = (id(layer), layer.training)
     cached = routing.plans.get(key)
     if cached is not None:
         return cached
+    lora_A, lora_B = layer.lora_A, layer.lora_B
+    ranks = {name: lora_A[name].shape[0] for name in fast_names(layer, routing)}
     rows_by_rank: dict[int, list[int]] = {}
     for row, name in enumerate(routing.row_adapters):
-        if name in names:
-            rows_by_rank.setdefault(layer.rank(name), []).append(row)
+        if name in ranks:
+            rows_by_rank.setdefault(ranks[name], []).append(row)
     batch = len(routing.row_adapters)
     groups = []
     for rows in rows_by_rank.values():
@@ -63,26 +67,27 @@ def plan(layer, routing, names: set[str]) -> list[RankGroup]:
         used = [routing.row_adapters[row] for row in rows]
         if len(set(used)) == 1:
             name = used[0]
-            groups.append(RankGroup(index, layer.lora_A[name], layer.lora_B[name], layer.scaling[name], False))
+            groups.append(RankGroup(index, lora_A[name], lora_B[name].T, layer.scaling[name], False))
             continue
-        A = torch.stack([layer.lora_A[name] for name in used]).transpose(1, 2)  # (n, r, in) -> (n, in, r)
+        A = torch.stack([lora_A[name] for name in used]).transpose(1, 2)  # (n, r, in) -> (n, in, r)
         scales = torch.tensor([layer.scaling[name] for name in used], dtype=A.dtype, device=A.device)
-        B = (torch.stack([layer.lora_B[name] for name in used]) * scales.view(-1, 1, 1)).transpose(1, 2)  # (n, r, out)
+        B = (torch.stack([lora_B[name] for name in used]) * scales.view(-1, 1, 1)).transpose(1, 2)  # (n, r, out)
         groups.append(RankGroup(index, A, B, 1.0, True))
+    slow = [name for name in routing.groups if name in lora_A and name not in ranks]
     if not torch.is_grad_enabled():
-        routing.plans[key] = groups
-    return groups
+        routing.plans[key] = (groups, slow)
+    return groups, slow
 
 
 def add_rows(layer, x: torch.Tensor, out: torch.Tensor, groups: list[RankGroup]) -> torch.Tensor:
     """``out[rows] += s · B (A x[rows])`` for each rank group; ``x: (batch, ..., in)``, ``out: (batch, ..., out)``."""
+    autocast = torch.is_autocast_enabled(x.device.type)
     for group in groups:
         h = x if group.rows is None else x.index_select(0, group.rows)
         n = h.shape[0]
-        if h.dtype != group.A.dtype and not torch.is_autocast_enabled(h.device.type):
+        if h.dtype != group.A.dtype and not autocast:
             h = h.to(group.A.dtype)
-        fused = group.rows is None and not out._is_view() and out.dtype == group.A.dtype \
-            and not torch.is_autocast_enabled(h.device.type)
+        fused = group.rows is None and not autocast and out.dtype == group.A.dtype and not out._is_view()
         if group.stacked:
             xa = torch.bmm(h.reshape(n, -1, layer.in_features), group.A)  # (n, T, in) @ (n, in, r) -> (n, T, r)
             if fused:
@@ -92,9 +97,9 @@ def add_rows(layer, x: torch.Tensor, out: torch.Tensor, groups: list[RankGroup])
         else:
             xa = F.linear(h.reshape(-1, layer.in_features), group.A)  # (n·T, in) @ (in, r) -> (n·T, r)
             if fused:
-                out.view(-1, layer.out_features).addmm_(xa, group.B.T, alpha=group.scale)  # += s · (n·T, r) @ (r, out)
+                out.view(-1, layer.out_features).addmm_(xa, group.B, alpha=group.scale)  # += s · (n·T, r) @ (r, out)
                 continue
-            delta = F.linear(xa, group.B)  # (n·T, r) @ (r, out) -> (n·T, out)
+            delta = torch.mm(xa, group.B)  # (n·T, r) @ (r, out) -> (n·T, out)
         delta = delta.reshape(n, *out.shape[1:]).to(out.dtype)
         if group.rows is None:
             out = out.add(delta, alpha=group.scale) if out._is_view() else out.add_(delta, alpha=group.scale)

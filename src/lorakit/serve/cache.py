@@ -46,6 +46,8 @@ class AdapterCache:
         self.resident: OrderedDict[str, int] = OrderedDict()  # name -> bytes of its factors
         self.pins: dict[str, int] = {}
         self.on_event = on_event or (lambda event, name: None)
+        self.attached: dict[str, list[LoraLinear]] = {}  # adapters on the fast path -> the layers holding them
+        self.shapes: dict[str, dict[str, tuple[int, ...]]] = {}  # expected tensor shapes by config
 
     @property
     def resident_bytes(self) -> int:
@@ -96,13 +98,20 @@ class AdapterCache:
     def _load(self, name: str) -> None:
         files = io.read_adapter(self.sources[name])
         io.check_base(self.model, files)
-        tensors = io.check_fits(self.model, files)
+        signature = repr(files.config)
+        if signature not in self.shapes:
+            self.shapes[signature] = io.expected_shapes(self.model, files.config)
+        tensors = io.check_fits(self.model, files, self.shapes[signature])
         size = sum(t.numel() * t.element_size() for t in tensors.values())
         if self.max_bytes is not None and size > self.max_bytes:
             raise AdapterFileError(f"{files.path}: adapter needs {size:,} bytes, more than the cache budget of {self.max_bytes:,}")
         self._make_room(size)
-        if not _attach(self.model, name, files, tensors):
+        layers = _attach(self.model, name, files, tensors)
+        if layers is None:
             io.load_adapter(self.model, files.path, name)
+            self.on_event("wrap", name)
+        else:
+            self.attached[name] = layers
         self.resident[name] = size
         self.on_event("load", name)
 
@@ -119,28 +128,35 @@ class AdapterCache:
             self.on_event("evict", victim)
 
     def _unload(self, name: str) -> None:
-        delete_adapter(self.model, name)
+        layers = self.attached.pop(name, None)
+        if layers is None:
+            delete_adapter(self.model, name)
+        else:
+            for layer in layers:
+                layer.delete_adapter(name)
+            del adapter_state(self.model).configs[name]
         del self.resident[name]
 
 
-def _attach(model: nn.Module, name: str, files: io.AdapterFiles, tensors: dict) -> bool:
-    """Attach plain A/B factors to layers that are already LoRA layers; False when the adapter needs more."""
+def _attach(model: nn.Module, name: str, files: io.AdapterFiles, tensors: dict) -> list[LoraLinear] | None:
+    """Attach plain A/B factors to layers that are already LoRA layers and return them; None when the adapter
+    needs more (then nothing was touched)."""
     config = files.config
     if config.use_dora or config.bias != "none" or config.modules_to_save:
-        return False
+        return None
     factors: dict[str, dict[str, object]] = {}
     for key, tensor in tensors.items():
         module, _, kind = key[len(PREFIX):].rpartition(".lora_")
         if kind not in ("A.weight", "B.weight"):
-            return False
+            return None
         factors.setdefault(module, {})[kind[0]] = tensor
     layers = {}
     for module in factors:
         layer = model.get_submodule(module)
         if not isinstance(layer, LoraLinear):
-            return False
+            return None
         layers[module] = layer
     for module, layer in layers.items():
         layer.attach_adapter(name, factors[module]["A"], factors[module]["B"], config.scale_for(module), config.dropout)
     adapter_state(model).configs[name] = config
-    return True
+    return list(layers.values())

@@ -178,12 +178,13 @@ class Engine:
                 self.step()
 
     def _cache_event(self, event: str, name: str) -> None:
-        self.metrics.cache_event(event, name)
-        if event == "load":  # a first adapter wraps layers and becomes active: rows are routed instead
+        if event == "wrap":  # loaded by lk.load_adapter: it may wrap layers and become active; rows are routed instead
             set_active(self.model, ())
             self.layers = [layer for _, layer in lora_layers(self.model)]
             for layer in self.layers:
                 layer.routing = None
+        else:
+            self.metrics.cache_event(event, name)
 
     def _gauges(self) -> None:
         self.metrics.resident.set(len(self.cache.resident))

@@ -22,6 +22,7 @@ class _Sampling(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     n: Literal[1] = 1
+    ignore_eos: bool = False  # an extension (vLLM has it too): always generate max_tokens
 
     @field_validator("stop")
     @classmethod
@@ -33,7 +34,7 @@ class _Sampling(BaseModel):
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         return SamplingParams(max_tokens=self.max_tokens or default_max_tokens, temperature=self.temperature,
-                              top_p=self.top_p, seed=self.seed, stop=list(self.stop or []))
+                              top_p=self.top_p, seed=self.seed, stop=list(self.stop or []), ignore_eos=self.ignore_eos)
 
 
 class CompletionRequest(_Sampling):

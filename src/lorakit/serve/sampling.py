@@ -14,13 +14,15 @@ import torch
 
 @dataclass
 class SamplingParams:
-    """How one request generates. ``stop``: strings that end the completion (not included in it)."""
+    """How one request generates. ``stop``: strings that end the completion (not included in it);
+    ``ignore_eos``: generate ``max_tokens`` whatever the model says (for load tests, as vLLM offers)."""
 
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
 
     def generator(self) -> torch.Generator | None:
         if self.temperature == 0:

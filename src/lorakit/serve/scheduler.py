@@ -185,7 +185,7 @@ class Scheduler:
     def _take(self, request: Request, token: int, context: int) -> str | None:
         """Record ``token`` for ``request``; the finish reason if it ends here."""
         request.tokens.append(token)
-        if token in self.engine.eos_ids:
+        if token in self.engine.eos_ids and not request.params.ignore_eos:
             return "stop"
         delta = request.stream.push(token)
         if delta:
