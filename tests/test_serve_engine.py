@@ -235,3 +235,14 @@ def test_an_adapter_corrupted_after_eviction_fails_only_its_request(adapters, tm
     engine.run_until_idle()
     assert events[-1][0] == "error" and isinstance(events[-1][1], AdapterFileError)
     assert fine.finish_reason == "length" and len(fine.tokens) == 2
+
+
+def test_a_request_cancelled_while_waiting_never_runs(adapters):
+    engine = engine_with(adapters, max_batch=1)
+    running, _ = _collect(engine, "a", [5, 6, 7], max_tokens=3, temperature=0)
+    waiting, events = _collect(engine, "b", [5, 6, 7], max_tokens=3, temperature=0)
+    engine.step()
+    waiting.cancel()
+    engine.run_until_idle()
+    assert events == [("done", "cancelled")] and waiting.tokens == [] and not engine.cache.pins
+    assert running.finish_reason == "length"

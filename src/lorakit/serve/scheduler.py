@@ -102,6 +102,7 @@ class Scheduler:
             if request is None:
                 break
             if request.cancelled:
+                self._finish(request, "cancelled")
                 continue
             try:
                 if request.adapter is not None:
@@ -202,14 +203,17 @@ class Scheduler:
             if tail:
                 request.emit("text", tail)
         request.finish_reason = reason
-        if request.adapter is not None:
-            self.engine.cache.release(request.adapter)
+        self._release(request)
         self.engine.metrics.finished(request)
         request.emit("done", reason)
 
     def _fail(self, request: Request, err: Exception) -> None:
-        if request.stream is not None and request.adapter is not None:
-            self.engine.cache.release(request.adapter)
+        self._release(request)
         request.finish_reason = "error"
         self.engine.metrics.failed(request, err)
         request.emit("error", err)
+
+    def _release(self, request: Request) -> None:
+        """Unpin the adapter of an admitted request (admission gives it a text stream)."""
+        if request.stream is not None and request.adapter is not None:
+            self.engine.cache.release(request.adapter)
