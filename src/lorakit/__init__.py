@@ -11,9 +11,10 @@ from lorakit.model import (active_adapters, adapter_names, delete_adapter, disab
                            row_adapters, set_active, trainable_summary)
 from lorakit.eval.runner import evaluate  # noqa: E402
 from lorakit.algebra import combine, compress, export_merged  # noqa: E402
+from lorakit.train import Trainer  # noqa: E402
 
 __all__ = [
     "LoraConfig", "inject", "set_active", "active_adapters", "adapter_names", "disabled", "row_adapters",
     "delete_adapter", "trainable_summary", "merge", "unmerge", "merge_and_unload", "unload", "save_adapter",
-    "load_adapter", "read_adapter", "bases", "errors", "evaluate", "combine", "compress", "export_merged", "__version__",
+    "load_adapter", "read_adapter", "bases", "errors", "evaluate", "combine", "compress", "export_merged", "Trainer", "__version__",
 ]
