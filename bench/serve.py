@@ -5,6 +5,7 @@
 Adapters are random r=16, α=32 on q,k,v,o,gate,up,down (19.6 MB each in fp32), written to a temporary directory.
 Contender and reference alternate in one process (A B A B …) and each figure is the median of the per-pair
 ratios with min–max. G: greedy decode of 16 tokens after a 32-token prompt through the engine's batch code,
+contender and reference stepping in alternation (A B A B … within each pair),
 with a plain model holding the merged adapter (``merge_and_unload``) as reference, and PEFT's
 ``adapter_names`` mixed batch for G3. L1: ``Engine.load_adapter`` (disk to servable, page cache warm) against
 ``safetensors.torch.load_file`` of the same file. L2: re-routing every LoRA layer of a batch to another
@@ -66,46 +67,69 @@ def make_adapters(model, root: Path, count: int) -> list[Path]:
     return paths
 
 
-def decode_rate(model, layers, adapters: list[str | None], peft_names: list[str] | None = None) -> float:
-    """Greedy tokens/s of ``len(adapters)`` rows decoding ``STEPS`` tokens after a ``PROMPT``-token prompt."""
-    from transformers import DynamicCache
+class Decoder:
+    """Greedy decoding of ``len(adapters)`` rows after a ``PROMPT``-token prompt, one step at a time: through the
+    engine's batch code, or through PEFT's forward with ``adapter_names`` when ``peft_names`` is given."""
 
-    from lorakit.serve import batch as batching
+    def __init__(self, model, layers, adapters: list[str | None], peft_names: list[str] | None = None) -> None:
+        self.model, self.layers, self.adapters, self.peft_names = model, layers, adapters, peft_names
 
-    rows = len(adapters)
-    prompts = [[(97 * r + 13 * t) % 40000 + 100 for t in range(PROMPT)] for r in range(rows)]
+    def start(self) -> None:
+        from transformers import DynamicCache
+
+        from lorakit.serve import batch as batching
+
+        rows = len(self.adapters)
+        prompts = [[(97 * r + 13 * t) % 40000 + 100 for t in range(PROMPT)] for r in range(rows)]
+        if self.peft_names is None:
+            self.batch, logits = batching.prefill(self.model, self.layers, prompts, self.adapters, list(range(rows)), 0)
+            self.tokens = logits.argmax(-1).tolist()
+        else:
+            self.cache = DynamicCache()
+            out = self.model(input_ids=torch.tensor(prompts), past_key_values=self.cache, use_cache=True,
+                             adapter_names=self.peft_names)
+            self.token = out.logits[:, -1].argmax(-1, keepdim=True)
+
+    def step(self) -> None:
+        from lorakit.serve import batch as batching
+
+        if self.peft_names is None:
+            self.tokens = batching.decode(self.model, self.layers, self.batch, self.tokens).argmax(-1).tolist()
+        else:
+            out = self.model(input_ids=self.token, past_key_values=self.cache, use_cache=True, adapter_names=self.peft_names)
+            self.token = out.logits[:, -1].argmax(-1, keepdim=True)
+
+
+def interleaved(a: Decoder, b: Decoder) -> tuple[float, float]:
+    """Tokens/s of ``a`` and ``b`` decoding ``STEPS`` steps in alternation (A B A B …), so both see the same
+    machine load."""
+    spent = [0.0, 0.0]
     with torch.no_grad():
-        if peft_names is None:
-            batch, logits = batching.prefill(model, layers, prompts, adapters, list(range(rows)), 0)
-            tokens = logits.argmax(-1).tolist()
-            start = time.perf_counter()
-            for _ in range(STEPS):
-                tokens = batching.decode(model, layers, batch, tokens).argmax(-1).tolist()
-            return rows * STEPS / (time.perf_counter() - start)
-        cache = DynamicCache()
-        ids = torch.tensor(prompts)
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, adapter_names=peft_names)
-        token = out.logits[:, -1].argmax(-1, keepdim=True)
-        start = time.perf_counter()
+        a.start()
+        b.start()
         for _ in range(STEPS):
-            out = model(input_ids=token, past_key_values=cache, use_cache=True, adapter_names=peft_names)
-            token = out.logits[:, -1].argmax(-1, keepdim=True)
-        return rows * STEPS / (time.perf_counter() - start)
+            for i, decoder in enumerate((a, b)):
+                start = time.perf_counter()
+                decoder.step()
+                spent[i] += time.perf_counter() - start
+    rows = len(a.adapters)
+    return rows * STEPS / spent[0], rows * STEPS / spent[1]
 
 
 def bench_decode(engine, merged, peft_model, pairs: int) -> dict[str, list[float]]:
     names = [f"ad{i}" for i in range(8)]
-    results = {"G1 batch 1": [], "G1 batch 8": [], "G2": [], "G3": []}
+    model, layers = engine.model, engine.layers
+    cases = {
+        "G1 batch 1": (Decoder(model, layers, ["ad0"]), Decoder(merged, [], [None])),
+        "G1 batch 8": (Decoder(model, layers, ["ad0"] * 8), Decoder(merged, [], [None] * 8)),
+        "G2": (Decoder(model, layers, names), Decoder(merged, [], [None] * 8)),
+        "G3": (Decoder(model, layers, names), Decoder(peft_model, [], [None] * 8, peft_names=names)),
+    }
+    results: dict = {key: [] for key in cases}
     rates: dict[str, list[float]] = {}
     for _ in range(pairs):
-        for key, contender, reference in [
-            ("G1 batch 1", lambda: decode_rate(engine.model, engine.layers, ["ad0"]), lambda: decode_rate(merged, [], [None])),
-            ("G1 batch 8", lambda: decode_rate(engine.model, engine.layers, ["ad0"] * 8), lambda: decode_rate(merged, [], [None] * 8)),
-            ("G2", lambda: decode_rate(engine.model, engine.layers, names), lambda: decode_rate(merged, [], [None] * 8)),
-            ("G3", lambda: decode_rate(engine.model, engine.layers, names),
-             lambda: decode_rate(peft_model, [], [None] * 8, peft_names=names)),
-        ]:
-            a, b = contender(), reference()
+        for key, (contender, reference) in cases.items():
+            a, b = interleaved(contender, reference)
             results[key].append(a / b)
             rates.setdefault(key, []).append(a)
             rates.setdefault(key + " ref", []).append(b)
