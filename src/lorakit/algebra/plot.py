@@ -88,7 +88,7 @@ def plot_spectrum(spectrum: Spectrum, path: str | Path, title: str | None = None
         ax.set(title=label, xlabel="layer")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
     ranks = sorted({m.rank for m in spectrum.modules})
-    heading = title or Path(spectrum.path).name
+    heading = title or "/".join(Path(spectrum.path).parts[-2:])
     fig.suptitle(f"{heading} — {len(spectrum.modules)} modules, r = {', '.join(map(str, ranks))}, "
                  f"‖ΔW‖_F total {spectrum.total_frobenius:.3g}", fontsize=13)
     fig.tight_layout()
