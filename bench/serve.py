@@ -9,7 +9,7 @@ contender and reference stepping in alternation (A B A B … within each pair),
 with a plain model holding the merged adapter (``merge_and_unload``) as reference, and PEFT's
 ``adapter_names`` mixed batch for G3. L1: ``Engine.load_adapter`` (disk to servable, page cache warm) against
 ``safetensors.torch.load_file`` of the same file. L2: re-routing every LoRA layer of a batch to another
-resident adapter, including building its plan. S: a real uvicorn server on loopback, 64 client threads sending a
+resident adapter, including finding (or building) each layer's plan. S: a real uvicorn server on loopback, 64 client threads sending a
 bounded number of completions (16 tokens each) with Zipf(1) popularity over 100 adapters, against the same load
 all on one adapter. ``--write-docs`` puts the table into docs/benchmarks.md between the ``bench:serve`` markers.
 """
@@ -158,15 +158,17 @@ def bench_load(engine, paths: list[Path], pairs: int) -> list[float]:
 
 
 def bench_switch(engine, rows: int = 8, repeats: int = 100) -> float:
-    """Median ms to move a batch of ``rows`` from one resident adapter to another (routing + per-layer plan)."""
+    """Median ms to move a batch of ``rows`` from one resident adapter to the other, as the engine does: a new
+    routing (reusing the adapter's plans), set on every LoRA layer, and each layer's plan looked up or built."""
     from lorakit.layers import RowRouting, routed
     from lorakit.serve.batch import _route
 
     times = []
     with torch.no_grad():
         for i in range(repeats):
+            name = f"ad{i % 2}"
             start = time.perf_counter()
-            routing = RowRouting([f"ad{i % 2}"] * rows)
+            routing = RowRouting([name] * rows, plans=engine.solo_plans.setdefault(name, {}))
             _route(engine.layers, routing)
             for layer in engine.layers:
                 routed.plan(layer, routing)

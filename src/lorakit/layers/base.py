@@ -13,13 +13,16 @@ class RowRouting:
 
     Rows that appear in no group get the base model's output. Built once per batch composition and shared by
     all layers; ``plans`` caches each layer's stacked factors for it (``layers/routed.py``), so keep one
-    routing while the rows keep their adapters (decode steps) and make a new one when they change.
+    routing while the rows keep their adapters (decode steps) and make a new one when they change. Batches
+    with every row on one adapter have the same plans whatever their size: pass one ``plans`` dict per adapter
+    to reuse them.
     """
 
-    def __init__(self, row_adapters: list[str | None], device: torch.device | str = "cpu") -> None:
+    def __init__(self, row_adapters: list[str | None], device: torch.device | str = "cpu",
+                 plans: dict | None = None) -> None:
         self.row_adapters = list(row_adapters)
         self.device = device
-        self.plans: dict[tuple[int, bool], tuple[list, list[str]]] = {}
+        self.plans: dict[tuple[int, bool], tuple[list, list[str]]] = {} if plans is None else plans
         rows_by_name: dict[str, list[int]] = {}
         for row, name in enumerate(self.row_adapters):
             if name is not None:

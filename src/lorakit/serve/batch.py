@@ -4,7 +4,8 @@ Each row's prompt is left-padded to the longest in the batch; ``mask: (batch, le
 and ``positions: (batch,)`` is each row's next position id (its number of real tokens), so every row computes
 exactly what it would alone. Batches join by left-padding the shorter KV cache (``(batch, heads, length, dim)``
 per layer) and concatenating rows; rows leave by selection, and columns that no remaining row uses are
-dropped. Each batch carries one :class:`~lorakit.layers.RowRouting` (row → adapter) for all LoRA layers.
+dropped. Each batch carries one :class:`~lorakit.layers.RowRouting` (row → adapter) for all LoRA layers;
+``solo_plans`` (adapter name → plans) lets every batch whose rows all use one adapter reuse that adapter's plans.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ class Batch:
     """KV cache, attention mask, next positions and the adapter of every row; ``rows`` are the caller's objects."""
 
     def __init__(self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor, adapters: list[str | None],
-                 rows: list) -> None:
+                 rows: list, solo_plans: dict[str, dict] | None = None) -> None:
         self.cache = cache
         self.mask = mask  # (batch, length) 1 = real token
         self.positions = positions  # (batch,)
         self.adapters = adapters
         self.rows = rows
-        self.routing = RowRouting(adapters, mask.device)
+        self.solo_plans = solo_plans
+        solo = adapters[0] if adapters and adapters[0] is not None and adapters.count(adapters[0]) == len(adapters) else None
+        plans = solo_plans.setdefault(solo, {}) if solo is not None and solo_plans is not None else None
+        self.routing = RowRouting(adapters, mask.device, plans)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -47,7 +51,7 @@ def _route(layers: list, routing: RowRouting) -> None:
 
 
 def prefill(model, layers: list, prompts: list[list[int]], adapters: list[str | None], rows: list,
-            pad_id: int) -> tuple[Batch, torch.Tensor]:
+            pad_id: int, solo_plans: dict[str, dict] | None = None) -> tuple[Batch, torch.Tensor]:
     """Run the prompts (left-padded) through the model; returns the batch and last-position logits ``(n, vocab)``."""
     longest = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
@@ -56,7 +60,7 @@ def prefill(model, layers: list, prompts: list[list[int]], adapters: list[str | 
         ids[row, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
         mask[row, longest - len(prompt):] = 1
     position_ids = (mask.cumsum(1) - 1).clamp(min=0)  # (n, longest)
-    batch = Batch(DynamicCache(), mask, mask.sum(1), adapters, rows)
+    batch = Batch(DynamicCache(), mask, mask.sum(1), adapters, rows, solo_plans)
     _route(layers, batch.routing)
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=batch.cache,
                 use_cache=True, logits_to_keep=1)
@@ -86,7 +90,8 @@ def join(a: Batch | None, b: Batch) -> Batch:
     kv = [(torch.cat([pad(ka, a.length), pad(kb, b.length)]), torch.cat([pad(va, a.length), pad(vb, b.length)]))
           for (ka, va), (kb, vb) in zip(a.kv, b.kv)]
     mask = torch.cat([F.pad(a.mask, (length - a.length, 0)), F.pad(b.mask, (length - b.length, 0))])
-    return Batch(DynamicCache(ddp_cache_data=kv), mask, torch.cat([a.positions, b.positions]), a.adapters + b.adapters, a.rows + b.rows)
+    return Batch(DynamicCache(ddp_cache_data=kv), mask, torch.cat([a.positions, b.positions]), a.adapters + b.adapters,
+                 a.rows + b.rows, a.solo_plans)
 
 
 def keep(batch: Batch, kept: list[int]) -> Batch | None:
@@ -100,4 +105,4 @@ def keep(batch: Batch, kept: list[int]) -> Batch | None:
     start = int(mask.any(0).nonzero()[0])  # first column some kept row uses
     kv = [(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:]) for k, v in batch.kv]
     return Batch(DynamicCache(ddp_cache_data=kv), mask[:, start:], batch.positions.index_select(0, index), [batch.adapters[i] for i in kept],
-                 [batch.rows[i] for i in kept])
+                 [batch.rows[i] for i in kept], batch.solo_plans)

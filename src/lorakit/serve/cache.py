@@ -136,6 +136,7 @@ class AdapterCache:
                 layer.delete_adapter(name)
             del adapter_state(self.model).configs[name]
         del self.resident[name]
+        self.on_event("unload", name)
 
 
 def _attach(model: nn.Module, name: str, files: io.AdapterFiles, tensors: dict) -> list[LoraLinear] | None:

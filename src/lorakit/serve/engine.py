@@ -61,6 +61,7 @@ class Engine:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         self.layers = [layer for _, layer in lora_layers(model)]
+        self.solo_plans: dict[str, dict] = {}  # adapter -> per-layer plans of batches with every row on it
         model.__dict__["lorakit_fingerprint"] = bases.fingerprint(model)  # served weights never change: hash once
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -183,6 +184,8 @@ class Engine:
             self.layers = [layer for _, layer in lora_layers(self.model)]
             for layer in self.layers:
                 layer.routing = None
+        elif event == "unload":
+            self.solo_plans.pop(name, None)
         else:
             self.metrics.cache_event(event, name)
 

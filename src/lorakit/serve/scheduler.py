@@ -141,7 +141,7 @@ class Scheduler:
             request.generator = request.params.generator()
         try:
             fresh, logits = batching.prefill(engine.model, engine.layers, [r.prompt for r in newcomers],
-                                             [r.adapter for r in newcomers], newcomers, engine.pad_id)
+                                             [r.adapter for r in newcomers], newcomers, engine.pad_id, engine.solo_plans)
         except Exception as err:
             for request in newcomers:
                 self._fail(request, err)
