@@ -21,7 +21,7 @@ from torch import nn
 from lorakit import io
 from lorakit.errors import AdapterFileError, AdapterStateError, LorakitError
 from lorakit.layers import LoraLinear
-from lorakit.model import adapter_state, delete_adapter
+from lorakit.model import adapter_state, delete_adapter, lora_layers
 from lorakit.peft_format import PREFIX
 
 
@@ -48,6 +48,7 @@ class AdapterCache:
         self.on_event = on_event or (lambda event, name: None)
         self.attached: dict[str, list[LoraLinear]] = {}  # adapters on the fast path -> the layers holding them
         self.shapes: dict[str, dict[str, tuple[int, ...]]] = {}  # expected tensor shapes by config
+        self.lora_linears: dict[str, LoraLinear] | None = None  # the model's LoRA linears by module name
 
     @property
     def resident_bytes(self) -> int:
@@ -106,9 +107,12 @@ class AdapterCache:
         if self.max_bytes is not None and size > self.max_bytes:
             raise AdapterFileError(f"{files.path}: adapter needs {size:,} bytes, more than the cache budget of {self.max_bytes:,}")
         self._make_room(size)
-        layers = _attach(self.model, name, files, tensors)
+        if self.lora_linears is None:
+            self.lora_linears = {m: layer for m, layer in lora_layers(self.model) if isinstance(layer, LoraLinear)}
+        layers = _attach(self.model, name, files, tensors, self.lora_linears)
         if layers is None:
             io.load_adapter(self.model, files.path, name)
+            self.lora_linears = None  # it may have wrapped more layers
             self.on_event("wrap", name)
         else:
             self.attached[name] = layers
@@ -139,9 +143,10 @@ class AdapterCache:
         self.on_event("unload", name)
 
 
-def _attach(model: nn.Module, name: str, files: io.AdapterFiles, tensors: dict) -> list[LoraLinear] | None:
-    """Attach plain A/B factors to layers that are already LoRA layers and return them; None when the adapter
-    needs more (then nothing was touched)."""
+def _attach(model: nn.Module, name: str, files: io.AdapterFiles, tensors: dict,
+            lora_linears: dict[str, LoraLinear]) -> list[LoraLinear] | None:
+    """Attach plain A/B factors to layers that are already LoRA layers (``lora_linears``, by module name) and
+    return them; None when the adapter needs more (then nothing was touched)."""
     config = files.config
     if config.use_dora or config.bias != "none" or config.modules_to_save:
         return None
@@ -153,10 +158,9 @@ def _attach(model: nn.Module, name: str, files: io.AdapterFiles, tensors: dict) 
         factors.setdefault(module, {})[kind[0]] = tensor
     layers = {}
     for module in factors:
-        layer = model.get_submodule(module)
-        if not isinstance(layer, LoraLinear):
+        if module not in lora_linears:
             return None
-        layers[module] = layer
+        layers[module] = lora_linears[module]
     for module, layer in layers.items():
         layer.attach_adapter(name, factors[module]["A"], factors[module]["B"], config.scale_for(module), config.dropout)
     adapter_state(model).configs[name] = config
