@@ -1,11 +1,14 @@
 """The training objective: the sum of next-token cross-entropies over labelled tokens.
 
 Only the hidden states of positions that have a label go through the output head, so prompt and padding
-tokens cost nothing there: with ``h: (B, T, H)`` and mask ``m`` of the labelled positions,
-``loss = Σ CE(W_out · h[m], y[m])``. The trainer divides by the number of labelled tokens of the whole
+tokens cost nothing there. With ``h: (N, H)`` those hidden states, ``W: (V, H)`` the (frozen) output head and
+``y`` the labels, ``loss = Σ_i (logsumexp(W h_i) − (W h_i)_{y_i})``. The logits are never held whole: rows go
+through in chunks, and each chunk's gradient ``∂loss/∂h = (softmax(W h) − onehot(y)) · W`` is computed on the
+spot and kept (it is (N, H), tiny) instead of the (N, V) logits and log-probabilities — on a 49k vocabulary
+that is most of a step's memory beyond the activations. The trainer divides by the labelled tokens of the whole
 (global, accumulated) batch, so gradient accumulation and data parallelism give the token mean exactly.
-Models whose logits are not a plain linear map of the last hidden state (soft-capping, logit scaling) use
-the model's own logits instead.
+Models whose head is not a plain frozen linear map of the last hidden state (soft-capping, logit scaling, an
+adapted or trained head) use the model's logits and ``F.cross_entropy``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,59 @@ from torch import nn
 from lorakit.data.encode import IGNORE
 
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+CHUNK = 256
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """``Σ CE(h Wᵀ, y)`` for a frozen ``W``; saves only ``∂/∂h`` (N, H), computed chunk by chunk in forward.
+
+    Each chunk reuses the same two (CHUNK, V) buffers and works in place: logits, then ``exp(z − max)``, then
+    the softmax minus the one-hot target — no fresh (n, V) tensor per chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype):
+        weight = weight.to(dtype)
+        accumulate = torch.promote_types(dtype, torch.float32)  # softmax in fp32 at least
+        rows, vocab = hidden.shape[0], weight.shape[0]
+        width = min(CHUNK, rows)
+        low = torch.empty((width, vocab), dtype=dtype, device=hidden.device)
+        high = low if dtype == accumulate else torch.empty((width, vocab), dtype=accumulate, device=hidden.device)
+        total = torch.zeros((), dtype=accumulate, device=hidden.device)
+        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        for start in range(0, rows, CHUNK):
+            h, y = hidden[start:start + CHUNK].to(dtype), targets[start:start + CHUNK]
+            n = len(y)
+            torch.matmul(h, weight.T, out=low[:n])  # (n, H) @ (H, V) -> (n, V)
+            z = high[:n]
+            if z is not low[:n]:
+                z.copy_(low[:n])
+            picked = z.gather(1, y[:, None]).squeeze(1)  # (n,): the target's logit
+            top = z.amax(dim=1)  # (n,)
+            z.sub_(top[:, None]).exp_()  # exp(z - max): (n, V)
+            norm = z.sum(dim=1)  # (n,)
+            total += (top + norm.log() - picked).sum()  # logsumexp - target logit
+            if grad is not None:
+                z.div_(norm[:, None])  # softmax
+                z[torch.arange(n, device=y.device), y] -= 1.0
+                if z is not low[:n]:
+                    low[:n].copy_(z)
+                grad[start:start + n] = low[:n] @ weight  # (n, V) @ (V, H) -> (n, H)
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype), None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets`` in the autocast dtype (if any)."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    with torch.autocast(device, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, dtype)
 
 
 class TokenLoss(nn.Module):
@@ -27,16 +83,16 @@ class TokenLoss(nn.Module):
         self.model = model
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         config = getattr(model, "config", None)
-        plain = head is not None and not any(getattr(config, k, None) for k in _LOGIT_TRANSFORMS)
-        self.head = head if plain and getattr(model, "base_model", model) is not model else None
+        plain = (type(head) is nn.Linear and head.bias is None and not head.weight.requires_grad
+                 and not any(getattr(config, k, None) for k in _LOGIT_TRANSFORMS))
+        self.fused = plain and getattr(model, "base_model", model) is not model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         targets = labels[:, 1:]  # (B, T-1): the token each position predicts
         mask = targets != IGNORE
-        if self.head is None:
+        if not self.fused:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]  # (B, T-1, V)
             return F.cross_entropy(logits[mask].float(), targets[mask], reduction="sum")
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         selected = hidden[:, :-1][mask]  # (N, H): positions with a label
-        logits = self.head(selected).float()  # (N, H) @ (H, V) -> (N, V)
-        return F.cross_entropy(logits, targets[mask], reduction="sum")
+        return linear_cross_entropy(selected, self.model.get_output_embeddings().weight, targets[mask])
