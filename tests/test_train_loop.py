@@ -109,14 +109,24 @@ def test_loss_term_hook_changes_the_optimisation(base, tmp_path):
     assert norm(held) < 0.5 * norm(plain)
 
 
-def test_early_stopping_and_eval_fraction(base, tmp_path):
-    config = _config(base, tmp_path / "run", max_steps=40, lr=1e-6, eval_every=1, early_stopping_patience=2)
-    config["data"]["eval_fraction"] = 0.25
-    summary = train(config, train_data=ROWS * 2, progress=False)
+def test_early_stopping_when_eval_loss_stops_improving(base, tmp_path):
+    contradicting = [{"prompt": r["prompt"], "completion": r["completion"][::-1]} for r in ROWS]
+    config = _config(base, tmp_path / "run", max_steps=40, eval_every=1, early_stopping_patience=2)
+    summary = train(config, train_data=ROWS, eval_data=contradicting, progress=False)
     assert not summary["completed"] and summary["metrics"]["steps"] < 40
     record = json.loads((tmp_path / "run" / "lorakit.json").read_text())
-    assert record["dataset"]["train"]["sequences"] == 12 and record["dataset"]["eval"]["sequences"] == 4
-    assert record["early_stopped"]
+    assert record["early_stopped"] and record["metrics"]["steps"] == summary["metrics"]["steps"]
+
+
+def test_eval_fraction_holds_out_rows(base):
+    from transformers import AutoTokenizer
+
+    from lorakit.train.config import load_config
+    from lorakit.train.prepare import prepare_data
+
+    config = load_config(_config(base, "unused"), ["data.eval_fraction=0.25"])
+    train_data, eval_data = prepare_data(config, AutoTokenizer.from_pretrained(base), ROWS * 2)
+    assert (len(train_data), len(eval_data)) == (12, 4) and train_data.rows == 12
 
 
 def test_mlflow_tracking_in_a_local_sqlite_file(base, tmp_path):
