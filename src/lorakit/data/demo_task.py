@@ -1,8 +1,8 @@
 """The bundled demo task: customer-support messages → strict JSON triage ``{"product", "category", "urgency"}``.
 
-Messages are generated deterministically from a seed. Every field has its own pool of phrasings, split in two:
-the train and validation splits draw from the first part and from the training sentence templates; the test split
-draws only from the held-out phrasings and held-out templates. A model that scores well on test has learnt what
+Messages are generated deterministically from a seed. The category and urgency cues each have a pool of
+phrasings split in two, and so do the sentence templates: the train and validation splits draw from the first
+part, the test split only from the held-out part. A model that scores well on test has learnt what
 the words mean for the labels, not the training sentences.
 """
 
@@ -15,16 +15,18 @@ from pathlib import Path
 
 from lorakit import atomic
 
+# Products are named by the same words in every split: the label is the product, the skill is reading it out
+# of new sentences. Categories and urgencies are where the held-out phrasings differ.
 PRODUCTS = {
-    "laptop": (["laptop", "notebook PC"], ["portable computer"]),
-    "phone": (["phone", "smartphone"], ["mobile"]),
-    "router": (["router", "wifi router"], ["wireless modem"]),
-    "printer": (["printer", "inkjet printer"], ["laser printer"]),
-    "headphones": (["headphones", "earbuds"], ["headset"]),
-    "smartwatch": (["smartwatch", "fitness watch"], ["watch"]),
+    "laptop": ["laptop", "notebook PC"],
+    "phone": ["phone", "smartphone"],
+    "router": ["router", "wifi router"],
+    "printer": ["printer", "inkjet printer"],
+    "headphones": ["headphones", "earbuds"],
+    "smartwatch": ["smartwatch", "fitness watch"],
 }
 
-# {p} is the product phrase.
+# {p} is the product phrase. Each pool: (phrasings for train/val, held-out phrasings for test).
 CATEGORIES = {
     "billing": ([
         "I was charged twice for my {p}",
@@ -32,9 +34,13 @@ CATEGORIES = {
         "my card was billed for a {p} I never ordered",
         "there is an unexpected fee on the bill for my {p}",
         "the payment for my {p} went through twice",
+        "I was overcharged for the {p}",
+        "the price I paid for my {p} is higher than the receipt says",
+        "my credit card shows a duplicate payment for the {p}",
     ], [
         "my bank statement has a double charge for the {p}",
-        "you overcharged me on the {p} purchase",
+        "the amount billed for the {p} is not what I agreed to pay",
+        "why was my card charged again for the {p}",
     ]),
     "technical": ([
         "my {p} won't turn on",
@@ -42,9 +48,13 @@ CATEGORIES = {
         "the {p} stopped working after the update",
         "my {p} freezes every few minutes",
         "the screen on my {p} flickers",
+        "my {p} shows an error and restarts",
+        "the {p} is broken and does not respond",
+        "the battery of my {p} dies after an hour",
     ], [
-        "the {p} reboots by itself and then dies",
-        "my {p} is broken and shows an error code",
+        "the {p} reboots by itself and then goes dead",
+        "my {p} is malfunctioning and shows an error code",
+        "the {p} will not power up since yesterday",
     ]),
     "shipping": ([
         "my {p} order has not arrived yet",
@@ -52,9 +62,13 @@ CATEGORIES = {
         "the {p} was delivered to the wrong address",
         "the courier lost the package with my {p}",
         "my {p} delivery is a week late",
+        "the shipment with my {p} is stuck in transit",
+        "I never received the {p} I ordered",
+        "the parcel with my {p} arrived at a neighbour's house",
     ], [
-        "the parcel with the {p} never showed up",
-        "where is my {p}? the shipment seems stuck",
+        "the package containing the {p} never showed up",
+        "where is my {p}? the delivery seems stuck",
+        "the {p} I ordered still hasn't been shipped",
     ]),
     "account": ([
         "I can't log in to the account I used to register my {p}",
@@ -62,29 +76,43 @@ CATEGORIES = {
         "my account got locked while setting up the {p}",
         "I need to change the email on the account linked to my {p}",
         "the two-factor code for my {p} account never arrives",
+        "I can't sign in to the app for my {p}",
+        "someone changed the password of my {p} account",
+        "the login page for my {p} account keeps rejecting me",
     ], [
         "the sign-in page rejects my password for the {p} app",
-        "someone else may have accessed my profile for the {p}",
+        "I am locked out of the profile that manages my {p}",
+        "I want to reset the login details of my {p} account",
     ]),
     "returns": ([
         "I want to return my {p}",
         "how do I send back the {p} I bought",
-        "I'd like a refund for my {p} and will return it",
+        "I'd like to return the {p} for a refund",
         "the {p} doesn't suit me and I want to exchange it",
         "I need a return label for my {p}",
+        "can I send the {p} back within the return period",
+        "I want to swap the {p} for a different model",
+        "please tell me how to return the unopened {p}",
     ], [
         "please take back the {p}, I no longer want it",
-        "can I get my money back if I ship the {p} back to you",
+        "I would like to ship the {p} back and get it exchanged",
+        "what is the return process for the {p}",
     ]),
 }
 
 URGENCIES = {
-    "high": (["This is urgent!", "Please fix this ASAP.", "I need help immediately.", "It's an emergency."],
-             ["I need this resolved right now!", "This is critical for my job today."]),
-    "medium": (["Please look into it this week.", "I'd like an answer soon.", "Hoping to hear back in a few days."],
-               ["Could you check on it when you can this week?", "A reply in the next couple of days would be good."]),
-    "low": (["No rush at all.", "Whenever you have time.", "It's not urgent."],
-            ["Take your time, it can wait.", "There's no hurry on my side."]),
+    "high": (["This is urgent!", "Please fix this ASAP.", "I need help immediately.", "It's an emergency.",
+              "Please respond right away!", "This is critical, I need it today."],
+             ["I need this resolved right now!", "Extremely urgent, please act immediately.",
+              "This can't wait, please help as soon as possible!"]),
+    "medium": (["Please look into it this week.", "I'd like an answer soon.", "Hoping to hear back in a few days.",
+                "A reply this week would be appreciated.", "Please get back to me soon.",
+                "It would be good to sort this out in the next few days."],
+               ["Could you check on it sometime this week?", "A reply in the next couple of days would be good.",
+                "I'd appreciate a response fairly soon."]),
+    "low": (["No rush at all.", "Whenever you have time.", "It's not urgent.", "No hurry.",
+             "Take your time with this.", "It can wait, low priority."],
+            ["Take your time, it can wait.", "There's no hurry on my side.", "Not urgent at all, reply whenever."]),
 }
 
 TRAIN_TEMPLATES = [
@@ -154,7 +182,7 @@ def _draw(rng: random.Random, count: int, held_out: bool, seen: set[str]) -> lis
     rows: list[dict] = []
     while len(rows) < count:
         product, category, urgency = rng.choice(list(PRODUCTS)), rng.choice(list(CATEGORIES)), rng.choice(list(URGENCIES))
-        issue = rng.choice(CATEGORIES[category][side]).format(p=rng.choice(PRODUCTS[product][side]))
+        issue = rng.choice(CATEGORIES[category][side]).format(p=rng.choice(PRODUCTS[product]))
         text = rng.choice(templates).format(issue=issue, Issue=issue[0].upper() + issue[1:],
                                             urgency=rng.choice(URGENCIES[urgency][side]), name=rng.choice(NAMES))
         if text in seen:
