@@ -22,7 +22,7 @@ test: setup
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -rs
 
 demo: setup
-	.venv/bin/lorakit quickstart --out runs/quickstart
+	OMP_WAIT_POLICY=PASSIVE .venv/bin/lorakit quickstart --out runs/quickstart
 
 clean:
 	rm -rf .venv runs build src/*.egg-info
