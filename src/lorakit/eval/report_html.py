@@ -22,7 +22,7 @@ th:first-child,td:first-child{text-align:left} thead th{background:#f3f5f9} td.b
 .gate{padding:8px 12px;border-radius:6px;margin:10px 0;font-weight:600}
 .pass{background:#e6f4ea;color:#1e6b34} .fail{background:#fde8e8;color:#9b1c1c}
 svg .glabel{font-size:12px;fill:#1d2330} svg .val{font-size:11px;fill:#3c4558} svg .axis{stroke:#8a93a5;stroke-width:1}
-table.samples th,table.samples td{text-align:left;white-space:pre-wrap;font-family:"DejaVu Sans Mono",monospace;font-size:12px;max-width:320px}
+table.samples th,table.samples td{text-align:left;white-space:pre-wrap;overflow-wrap:anywhere;font-family:"DejaVu Sans Mono",monospace;font-size:12px;max-width:320px}
 mark.diff{background:#ffe08a;padding:0 1px} .ok{color:#1e6b34;font-weight:700;font-family:sans-serif}
 .key span{display:inline-block;margin-right:14px} .key i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
 </style></head><body>
@@ -37,7 +37,7 @@ mark.diff{background:#ffe08a;padding:0 1px} .ok{color:#1e6b34;font-weight:700;fo
  {% for f in r.failures %}<br>{{ f }}{% endfor %}</div>{% endif %}
 <h2>Task metrics</h2>{{ table(r.metrics) }}
 {% if task_chart %}{{ task_chart }}{% endif %}
-{% if r.regression %}<h2>Regression against the base</h2>{{ table(r.regression) }}{{ drift_chart }}{{ change_chart }}{% endif %}
+{% if r.regression %}<h2>Regression against the base</h2>{{ table(r.regression) }}{% for chart in regression_charts %}{{ chart }}{% endfor %}{% endif %}
 {% if rows %}<h2>Samples: base and adapters side by side</h2>
 <p class="meta">Words of an adapter's output that differ from the base's output are <mark class="diff">highlighted</mark>;
  ✓ marks an output equal to the reference after normalisation.</p>
@@ -86,14 +86,13 @@ def render_html(report: EvalReport) -> str:
     """The whole report page as one string."""
     fractions = [(label(m), v) for m, v in report.metrics.items() if m not in ("reference_loss", "reference_perplexity")]
     regression = report.regression or {}
-    drift = [(label("kl"), regression["kl"])] if regression else []
-    changes = [(label("perplexity_change"), regression["perplexity_change"]),
-               (label("mc_accuracy_change"), regression["mc_accuracy_change"])] if regression else []
+    regression_charts = [bar_chart([(label(metric), regression[metric])], report.columns, fmt)
+                         for metric, fmt in (("kl", lambda v: f"{v:.3g}"), ("perplexity_change", lambda v: f"{100 * v:+.2f}%"),
+                                             ("mc_accuracy_change", lambda v: f"{v:+.3f}")) if metric in regression]
     env = Environment(autoescape=True)
     page = env.from_string(_TEMPLATE)
     return page.render(
         r=report, palette=colors(report.columns), table=lambda rows: _table(report, rows),
         task_chart=bar_chart(fractions, report.columns, lambda v: f"{v:.3f}", lo=0.0, hi=1.0) if fractions else None,
-        drift_chart=bar_chart(drift, report.columns, lambda v: f"{v:.3g}") if drift else None,
-        change_chart=bar_chart(changes, report.columns, lambda v: f"{v:+.3f}") if changes else None,
+        regression_charts=regression_charts,
         rows=[{**s, "cells": _cells(report, s)} for s in report.samples])
