@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/variants.py [--steps 80] [--out runs/bench-variants] [--write-docs]
 
-Each variant trains in its own fresh process (so peak RSS is its own) on the quickstart's data and settings
-(SmolLM2-135M-Instruct, r=16, α=32, all linear layers, batch 8, 160 tokens, lr 1e-3, cosine, bf16 autocast where
-fast), then reports the eval loss on the validation split, exact match on the 120 held-out test messages (greedy),
+Each variant trains in its own fresh process (so peak RSS is its own) on the quickstart's data with fixed settings
+(SmolLM2-135M-Instruct, r=16, α=32, all linear layers, batch 8, 160 tokens, lr 1e-3, 10% warm-up, cosine, bf16
+autocast where fast), then reports the eval loss on the validation split, exact match on the 120 held-out test messages (greedy),
 trainable parameters, peak RSS and the median step time. The QLoRA process also measures Q1 (bytes of the NF4
 linear layers with their constants / the same layers in fp32) and Q1b (whole model). Q2 = QLoRA eval loss / LoRA
 eval loss. ``--write-docs`` puts the table into docs/benchmarks.md between the ``bench:variants`` markers.
@@ -37,13 +37,15 @@ VARIANTS = {
 }
 
 
-def run_config(variant: str, steps: int, data: dict[str, Path], out: Path) -> dict:
-    from lorakit.quickstart import REAL
+TRAIN = {"batch_size": 8, "grad_accum": 1, "lr": 1.0e-3, "warmup_ratio": 0.1, "schedule": "cosine", "seed": 0}
+DATA = {"format": "chat", "max_length": 160}
 
+
+def run_config(variant: str, steps: int, data: dict[str, Path], out: Path) -> dict:
     change = VARIANTS[variant]
-    train = {**REAL["train"], "max_steps": steps, "eval_every": None, "save_every": None, **change.get("train", {})}
+    train = {**TRAIN, "max_steps": steps, "eval_every": None, "save_every": None, **change.get("train", {})}
     config = {"base": "smollm2-135m-instruct", "output": str(out), "lora": {**BASE_LORA, **change.get("lora", {})},
-              "data": {**REAL["data"], "train": str(data["train"]), "eval": str(data["val"])}, "train": train}
+              "data": {**DATA, "train": str(data["train"]), "eval": str(data["val"])}, "train": train}
     if "quantize" in change:
         config["quantize"] = change["quantize"]
     if "adalora" in change:  # tinit/tfinal given as fractions of the run
