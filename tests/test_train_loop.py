@@ -129,9 +129,11 @@ def test_eval_fraction_holds_out_rows(base):
     assert (len(train_data), len(eval_data)) == (12, 4) and train_data.rows == 12
 
 
-def test_mlflow_tracking_in_a_local_sqlite_file(base, tmp_path):
+def test_mlflow_tracking_in_a_local_sqlite_file(base, tmp_path, monkeypatch):
     """MLflow 3 refuses its plain-directory backend by default; a local SQLite file is its local store now."""
     import mlflow
+
+    monkeypatch.chdir(tmp_path)  # MLflow puts artifacts under ./mlruns of a SQLite store
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = _config(base, tmp_path / "run", max_steps=4, eval_every=2)
