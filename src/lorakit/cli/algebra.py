@@ -83,6 +83,7 @@ def combine(
         typer.echo(f"rank truncation kept at least {result.kept_energy[worst]:.2%} of each module's energy (lowest: {worst})")
     for note in result.notes:
         typer.echo(f"note: {note}")
+    _record(result.path)
 
 
 @app.command()
@@ -163,3 +164,13 @@ def compress(
         report.kl = output_kl(model, source.path, report.path, batch["input_ids"], batch["attention_mask"])
         console.print(f"output change on {len(SAMPLE_PROMPTS)} sample prompts: mean KL(original ‖ compressed) = "
                       f"{report.kl:.3g} nats/token")
+    _record(report.path)
+
+
+def _record(directory: Path) -> None:
+    """Register a new adapter and its lineage when a registry is configured (``LORAKIT_REGISTRY``)."""
+    from lorakit.registry import auto_register
+
+    record = auto_register(directory)
+    if record is not None:
+        typer.echo(f"registered as {record.name}@{record.version}")

@@ -13,17 +13,20 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf1
 
 
 def parse_adapter(spec: str) -> tuple[str, str]:
-    """``NAME=PATH`` (or ``NAME=registry:name@version``) -> ``(name, source)``."""
+    """``NAME=PATH``, ``NAME=registry:name@version`` or a bare registry reference ``name@version`` (served as
+    ``name``) -> ``(name, source)``."""
     name, sep, source = spec.partition("=")
+    if not sep and "@" in spec and "/" not in spec:
+        return spec.partition("@")[0], f"registry:{spec}"
     if not sep or not name or not source:
-        raise ConfigError(f"--adapter {spec!r}: expected NAME=PATH, e.g. --adapter support=runs/support/adapter")
+        raise ConfigError(f"--adapter {spec!r}: expected NAME=PATH or name@version, e.g. --adapter support=runs/support/adapter")
     return name, source
 
 
 @app.command()
 def serve(
     base: str = typer.Option("smollm2-135m-instruct", "--base", help="Base model: the embedded default or a local directory."),
-    adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH or NAME=registry:name@version; repeatable."),
+    adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH, NAME=registry:name@version, or name@version (registry); repeatable."),
     adapter_root: str = typer.Option(None, "--adapter-root", help="Directory the admin API may load adapters from."),
     admin_token: str = typer.Option(None, "--admin-token", help="Bearer token for POST/DELETE /v1/adapters "
                                                                 "(default $LORAKIT_ADMIN_TOKEN; unset: admin disabled)."),
