@@ -37,8 +37,9 @@ CATEGORIES = {
         "I was overcharged for the {p}",
         "the price I paid for my {p} is higher than the receipt says",
         "my credit card shows a duplicate payment for the {p}",
+        "my statement lists the {p} purchase twice",
     ], [
-        "my bank statement has a double charge for the {p}",
+        "my bank shows a double charge for the {p}",
         "the amount billed for the {p} is not what I agreed to pay",
         "why was my card charged again for the {p}",
     ]),
@@ -93,6 +94,7 @@ CATEGORIES = {
         "can I send the {p} back within the return period",
         "I want to swap the {p} for a different model",
         "please tell me how to return the unopened {p}",
+        "I'd like to send the {p} back and get a different one",
     ], [
         "please take back the {p}, I no longer want it",
         "I would like to ship the {p} back and get it exchanged",
@@ -102,9 +104,10 @@ CATEGORIES = {
 
 URGENCIES = {
     "high": (["This is urgent!", "Please fix this ASAP.", "I need help immediately.", "It's an emergency.",
-              "Please respond right away!", "This is critical, I need it today."],
+              "Please respond right away!", "This is critical, I need it today.", "I need this fixed now!",
+              "Please handle this as soon as possible."],
              ["I need this resolved right now!", "Extremely urgent, please act immediately.",
-              "This can't wait, please help as soon as possible!"]),
+              "Please sort this out as fast as possible!"]),
     "medium": (["Please look into it this week.", "I'd like an answer soon.", "Hoping to hear back in a few days.",
                 "A reply this week would be appreciated.", "Please get back to me soon.",
                 "It would be good to sort this out in the next few days."],
