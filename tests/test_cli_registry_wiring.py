@@ -47,3 +47,24 @@ def test_serve_adapter_option_accepts_paths_and_registry_references():
     assert parse_adapter("support=runs/x/adapter") == ("support", "runs/x/adapter")
     assert parse_adapter("support@production") == ("support", "registry:support@production")
     assert parse_adapter("s=registry:support@3") == ("s", "registry:support@3")
+
+
+def test_lorakit_train_registers_its_adapter_when_a_registry_is_configured(tmp_path):
+    import yaml
+
+    from lorakit.quickstart import tiny_base
+
+    rows = [{"prompt": f"Q{i}: colour?", "completion": f" {c}"} for i, c in enumerate(["red", "blue"] * 4)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    config = {"base": str(tiny_base(tmp_path / "base")), "lora": {"r": 4, "alpha": 8},
+              "data": {"train": str(tmp_path / "train.jsonl"), "format": "completion", "max_length": 32},
+              "train": {"max_steps": 2, "batch_size": 4, "precision": "fp32", "eval_every": 10, "save_every": 10},
+              "output": str(tmp_path / "run")}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    env = {"LORAKIT_REGISTRY": f"sqlite:///{tmp_path / 'registry.db'}", "OMP_NUM_THREADS": "1"}
+    done = _cli("train", str(tmp_path / "run.yaml"), "--no-progress", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "registered as" in done.stdout
+    trained_on = _cli("registry", "trained-on", str(tmp_path / "train.jsonl"), "--json", env=env)
+    assert trained_on.returncode == 0, trained_on.stderr
+    assert str(tmp_path / "run" / "adapter") in trained_on.stdout

@@ -35,6 +35,11 @@ def train(config: Path = typer.Argument(..., help="YAML run config (base, lora, 
                    + (f", best eval loss {best:.4f} at step {metrics['best_step']}" if best is not None else "")
                    + (" (early stopped)" if not summary["completed"] else ""))
         typer.echo(f"adapter: {summary['adapter']}")
+        from lorakit.registry import auto_register
+
+        record = auto_register(summary["adapter"])  # only when LORAKIT_REGISTRY is set
+        if record is not None:
+            typer.echo(f"registered as {record.name}@{record.version}")
 
 
 def _describe_data(trainer) -> None:
