@@ -178,17 +178,20 @@ def machine() -> str:
 
 
 def table(rows: list[dict], steps: int, test_rows: int, command: str, where: str) -> str:
-    lora = next(r for r in rows if r["variant"] == "LoRA")
+    lora = next((r for r in rows if r["variant"] == "LoRA"), None)
     lines = [f"Command: `{command}` — {steps} optimizer steps per variant, each in a fresh process; exact match on "
              f"{test_rows} held-out test messages. Machine: {where}.", "",
              "| variant | exact match | eval loss | trainable params | peak RSS | step time | step ÷ LoRA |",
              "|---|---:|---:|---:|---:|---:|---:|"]
+    def ratio(r: dict) -> str:
+        return f"{r['step_s'] / lora['step_s']:.2f}" if lora else "—"
+
     for r in rows:
         match = "not scored" if r["exact_match"] is None else f"{100 * r['exact_match']:.1f}%"
         lines.append(f"| {r['variant']} | {match} | {r['eval_loss']:.4f} | {r['trainable']:,} | "
-                     f"{r['peak_rss_mb']:.0f} MB | {r['step_s']:.2f} s | {r['step_s'] / lora['step_s']:.2f} |")
+                     f"{r['peak_rss_mb']:.0f} MB | {r['step_s']:.2f} s | {ratio(r)} |")
     qlora = next((r for r in rows if "q1" in r), None)
-    if qlora is not None:
+    if qlora is not None and lora is not None:
         q2 = qlora["eval_loss"] / lora["eval_loss"]
         lines += ["", f"- **Q1** NF4 linear layers with double-quantised constants ÷ the same layers in fp32: "
                       f"**{qlora['q1']:.4f}** (goal ≤ 0.135; {'met' if qlora['q1'] <= 0.135 else 'missed'}).",
