@@ -30,8 +30,8 @@ from lorakit.train.config import load_config
 REAL = {
     "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": "all-linear"},
     "data": {"format": "chat", "max_length": 160},
-    "train": {"max_steps": 80, "batch_size": 8, "grad_accum": 1, "lr": 1.0e-3, "warmup_ratio": 0.1,
-              "schedule": "cosine", "eval_every": 40, "save_every": 40, "seed": 0},
+    "train": {"max_steps": 60, "batch_size": 8, "grad_accum": 1, "lr": 5.0e-4, "warmup_ratio": 0.1,
+              "schedule": "cosine", "eval_every": 30, "save_every": 30, "seed": 0},
 }
 FAST = {
     "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "targets": "all-linear"},
