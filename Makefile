@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q -rs
+	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -rs
 
 demo: setup
 	OMP_WAIT_POLICY=PASSIVE .venv/bin/lorakit quickstart --out runs/quickstart

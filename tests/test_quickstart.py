@@ -53,6 +53,6 @@ def test_quickstart_on_the_default_model_learns_the_task(tmp_path):
     result = _quickstart(out, threads="2")
     report = _check_report(out, result)
     assert report["base"]["exact_match"] <= 0.1
-    assert report["adapted"]["exact_match"] >= 0.5  # measured 0.72; the 0.8 aim is reported, not assumed
+    assert report["adapted"]["exact_match"] >= 0.6  # measured 0.86 in two runs
     assert report["adapted"]["json_valid"] >= 0.95
     assert report["drift_kl"] < 1.0
