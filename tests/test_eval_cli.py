@@ -192,3 +192,25 @@ def test_lorakit_entry_point_exits_2_on_bad_input(work):
                              str(work / "base"), "--data", str(work / "nope.jsonl")], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2 and "nope.jsonl: data file not found" in result.stderr
+
+
+def test_metrics_of_a_registry_adapter_are_recorded_in_the_registry(work, capsys, monkeypatch, tmp_path):
+    from lorakit.registry import Registry
+
+    monkeypatch.setenv("LORAKIT_REGISTRY", f"sqlite:///{tmp_path / 'registry.db'}")
+    with Registry() as registry:
+        registry.add(work / "drifted", name="drifted")
+    args = ["eval", "--base", work / "base", "--data", work / "data.jsonl", "--task", work / "task.yaml",
+            "--regression", work / "regression.yaml", "--out", tmp_path / "out", "--json",
+            "--adapter", "d=registry:drifted@1"]
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    with Registry() as registry:
+        recorded = {m["name"]: m["value"] for m in registry.get("drifted@1").metrics if m["split"] == "eval"}
+        actions = [entry["action"] for entry in registry.audit("drifted@1")]
+    assert "metrics" in actions
+    for metric, by_column in report["metrics"].items():
+        if by_column.get("d") is not None:
+            assert recorded[metric] == pytest.approx(by_column["d"])
+    assert any(name.startswith("regression.") for name in recorded)

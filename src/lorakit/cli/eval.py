@@ -52,9 +52,31 @@ def eval_command(
     report = evaluate(base, adapters, data, task=task, regression=regression, max_drift=max_drift,
                       dtype=getattr(torch, dtype), log=lambda line: typer.echo(line, err=True))
     report.write(out)
+    _record_in_registry(report)
     if as_json:
         typer.echo(report.to_json())
     else:
         print_report(report)
     if not report.passed:
         raise SystemExit(1)  # the gate: exit 1, distinct from bad input (2)
+
+
+def _record_in_registry(report) -> None:
+    """Append each registry-sourced adapter's finite metrics (task and regression) to its registry entry."""
+    import math
+
+    refs = {name: source[len("registry:"):] for name, source in report.adapters.items() if str(source).startswith("registry:")}
+    if not refs:
+        return
+    from lorakit.registry import Registry
+
+    with Registry() as registry:
+        for column, ref in refs.items():
+            values = {}
+            for prefix, table in (("", report.metrics), ("regression.", report.regression or {})):
+                for metric, by_column in table.items():
+                    value = by_column.get(column)
+                    if isinstance(value, (int, float)) and math.isfinite(value):
+                        values[prefix + metric] = value
+            record = registry.record_metrics(ref, values, split="eval", dataset=report.data)
+            typer.echo(f"recorded {len(values)} metrics for {record.name}@{record.version} in the registry", err=True)

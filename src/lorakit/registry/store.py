@@ -266,6 +266,18 @@ class Registry:
                 self._set_status(session, adapter, "retired", "retire", reason=reason)
             return adapter_record(session, adapter)
 
+    def record_metrics(self, ref: str, metrics: dict[str, float], *, split: str | None = None,
+                       dataset: str | None = None) -> AdapterRecord:
+        """Append measured ``metrics`` (name → value) to ``ref`` (audited), e.g. from ``lorakit eval``."""
+        with self.writing() as session:
+            adapter = lookup(session, explicit(ref))
+            for metric, value in metrics.items():
+                session.add(Metric(adapter_id=adapter.id, name=metric, value=float(value), split=split, dataset=dataset))
+            self.log(session, "metrics", adapter.ref, names=sorted(metrics), split=split, dataset=dataset)
+            session.flush()
+            session.refresh(adapter)
+            return adapter_record(session, adapter)
+
     def _set_status(self, session: Session, adapter: Adapter, status: str, action: str, **details: Any) -> None:
         self.log(session, action, adapter.ref, **{"from": adapter.status, "to": status, **details})
         adapter.status, adapter.status_changed_at = status, utcnow()
