@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 
@@ -49,3 +51,17 @@ def randomize_adapter(model, name: str = "default", scale: float = 0.1, seed: in
 def logits(model, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=ids).logits
+
+
+def run_cli(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
+    """``lorakit ARGS`` in this process, through the same entry point as the installed command."""
+    from lorakit.cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["lorakit", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -13,7 +13,8 @@ from lorakit.algebra import compress, load, output_kl
 from lorakit.errors import ConfigError
 from lorakit.model import lora_layers
 from tests.helpers import logits, randomize_adapter, tiny_llama, token_batch
-from tests.test_export_merge import adapter_on, run_cli, tiny_base_dir
+from tests.helpers import run_cli
+from tests.test_export_merge import adapter_on, tiny_base_dir
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ unmerged adapter generates, token for token; weights, dtypes, tied embeddings, s
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import lorakit as lk
 from lorakit.algebra import combine, export_merged
 from lorakit.algebra.export import parse_weighted
 from lorakit.errors import BaseMismatchError, ConfigError, MergeError
-from tests.helpers import randomize_adapter, tiny_llama
+from tests.helpers import randomize_adapter, run_cli, tiny_llama
 
 
 def tiny_base_dir(path: Path, seed: int = 0, tied: bool = True) -> Path:
@@ -46,19 +45,6 @@ def greedy(model, tokenizer, prompt: str = "The capital of France is", tokens: i
         out = model.generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     return out[0, ids.shape[1]:].tolist()
 
-
-def run_cli(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
-    """``lorakit ARGS`` in this process, through the same entry point as the installed command."""
-    from lorakit.cli.app import main
-
-    monkeypatch.setattr(sys, "argv", ["lorakit", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

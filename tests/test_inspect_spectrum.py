@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ import lorakit as lk
 from lorakit.algebra import factor_svd, inspect, load, rank_for_energy
 from lorakit.algebra.plot import plot_spectrum
 from lorakit.io import write_adapter
-from tests.helpers import randomize_adapter, tiny_llama
+from tests.helpers import randomize_adapter, run_cli, tiny_llama
 
 
 @pytest.fixture
@@ -84,19 +83,6 @@ def test_plot_is_written_as_png(adapter, tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 
-
-def run_cli(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
-    """``lorakit ARGS`` in this process, through the same entry point as the installed command."""
-    from lorakit.cli.app import main
-
-    monkeypatch.setattr(sys, "argv", ["lorakit", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_inspect_prints_tables_json_and_plot(adapter, tmp_path, capsys, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import nn
 
@@ -30,7 +32,7 @@ class RowRouting:
         self.groups = {name: torch.tensor(rows, dtype=torch.long, device=device) for name, rows in rows_by_name.items()}
 
 
-class LoraLayer(nn.Module):
+class LoraLayer(nn.Module, ABC):
     """A frozen ``base_layer`` plus named low-rank adapters.
 
     Each adapter ``name`` owns ``lora_A[name]: (r, in)``, ``lora_B[name]: (out, r)``, a scale and a dropout
@@ -89,8 +91,9 @@ class LoraLayer(nn.Module):
         self.scaling[name] = float(scale)
         self.dropout_p[name] = float(dropout)
 
+    @abstractmethod
     def reset_adapter(self, name: str, init: str = "default") -> None:
-        raise NotImplementedError
+        """Initialise adapter ``name``'s factors so that its delta is zero."""
 
     def delete_adapter(self, name: str) -> None:
         if name in self.merged:
@@ -113,9 +116,9 @@ class LoraLayer(nn.Module):
         return self.base_layer.weight
 
     # -- merge --------------------------------------------------------------------------------------
+    @abstractmethod
     def delta_weight(self, name: str) -> torch.Tensor:
         """ΔW of adapter ``name`` in fp32, laid out like the base weight."""
-        raise NotImplementedError
 
     def read_weight(self) -> torch.Tensor:
         """The base weight in fp32, in its own layout."""
