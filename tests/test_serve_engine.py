@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import lorakit as lk
-from lorakit.errors import AdapterFileError, BaseMismatchError
+from lorakit.core.errors import AdapterFileError, BaseMismatchError
 from lorakit.serve import CacheFullError, PromptTooLongError, QueueFullError, SamplingParams, UnknownAdapterError
 from lorakit.serve import batch as batching
 from lorakit.serve.sampling import TextStream
@@ -155,7 +156,8 @@ def test_top_p_keeps_only_the_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     params = SamplingParams(temperature=1.0, top_p=0.7, seed=0)
     generator = params.generator()
-    drawn = {next_tokens(logits, [params], [generator])[0] for _ in range(300)}
+    row = SimpleNamespace(params=params, generator=generator, prompt=[], tokens=[], constraint=None)
+    drawn = {next_tokens(logits, [row])[0][0] for _ in range(300)}
     assert drawn == {0, 1}
 
 

@@ -7,7 +7,7 @@ import os
 import typer
 
 from lorakit.cli.app import app
-from lorakit.errors import ConfigError
+from lorakit.core.errors import ConfigError
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
@@ -35,19 +35,24 @@ def serve(
     max_batch: int = typer.Option(8, "--max-batch", help="Requests decoding together."),
     max_queue: int = typer.Option(256, "--max-queue", help="Requests waiting before new ones get HTTP 429."),
     max_prompt_tokens: int = typer.Option(None, "--max-prompt-tokens", help="Longest prompt accepted (default: context - 1)."),
+    max_body_mb: float = typer.Option(4.0, "--max-body-mb", help="Largest request body accepted, in MB (HTTP 413 beyond)."),
+    api_key: str = typer.Option(None, "--api-key", help="Bearer key the inference routes require, as vLLM's --api-key "
+                                                        "(default $LORAKIT_API_KEY; unset: open)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
     threads: int = typer.Option(None, "--threads", help="torch threads (default: torch's choice)."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
 ) -> None:
     """Serve adapters over one base: /v1/completions, /v1/chat/completions (SSE with stream), /v1/models,
-    /v1/adapters (admin), /metrics, /health."""
+    /v1/adapters and vLLM's /v1/load_lora_adapter, /v1/unload_lora_adapter (admin), /metrics, /health."""
     import torch
     import uvicorn
 
     from lorakit.serve import Engine
     from lorakit.serve.api import create_app
 
+    if max_body_mb <= 0:
+        raise ConfigError(f"--max-body-mb must be positive, got {max_body_mb}")
     if dtype not in _DTYPES:
         raise ConfigError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
     specs = [parse_adapter(spec) for spec in adapter]
@@ -63,4 +68,7 @@ def serve(
     token = admin_token or os.environ.get("LORAKIT_ADMIN_TOKEN") or None
     typer.echo(f"serving {base} with {len(specs)} adapter(s) on http://{host}:{port}/v1"
                f"{'' if token else ' (admin endpoints disabled: no --admin-token)'}", err=True)
-    uvicorn.run(create_app(engine, admin_token=token, adapter_root=adapter_root), host=host, port=port, log_level="warning")
+    key = api_key or os.environ.get("LORAKIT_API_KEY") or None
+    app = create_app(engine, admin_token=token, adapter_root=adapter_root, api_key=key,
+                     max_body_bytes=int(max_body_mb * 2**20))
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -2,7 +2,7 @@
 
 Requests for different adapters share a batch: every LoRA layer adds ``s_a · B_a A_a x`` to each row ``x``
 from its own adapter ``a`` (or nothing for base rows) with batched matmuls per rank group
-(``lorakit.layers.routed``), inside the same model used for training. Adapters load from directories or
+(``lorakit.core.layers.routed``), inside the same model used for training. Adapters load from directories or
 ``registry:`` references into a bounded cache (``serve.cache``); the scheduler (``serve.scheduler``) runs in a
 background thread (:meth:`Engine.start`) or inline (:meth:`Engine.run_until_idle`).
 """
@@ -10,16 +10,17 @@ background thread (:meth:`Engine.start`) or inline (:meth:`Engine.run_until_idle
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lorakit import bases
-from lorakit.errors import ConfigError
-from lorakit.model import adapter_state, lora_layers, set_active
+from lorakit.core import bases
+from lorakit.core.errors import ConfigError
+from lorakit.core.model import adapter_state, lora_layers, set_active
 from lorakit.serve.cache import AdapterCache, UnknownAdapterError
+from lorakit.serve.grammar import Constraint
 from lorakit.serve.metrics import Metrics
 from lorakit.serve.sampling import SamplingParams
 from lorakit.serve.scheduler import Request, Scheduler
@@ -37,6 +38,7 @@ class Completion:
     tokens: list[int]
     finish_reason: str
     prompt_tokens: int
+    logprobs: list = field(default_factory=list)  # TokenLogprobs per token when asked for
 
 
 class Engine:
@@ -105,7 +107,11 @@ class Engine:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def submit(self, adapter: str | None, prompt: list[int], params: SamplingParams, emit) -> Request:
-        """Queue a request (``adapter`` None or the base's name: the base). Checks names and limits first."""
+        """Queue a request (``adapter`` None or the base's name: the base). Checks names and limits first.
+
+        Raises :class:`UnknownAdapterError`, :class:`PromptTooLongError` (prompt over ``max_prompt_tokens``, or
+        prompt plus ``max_tokens`` over the context), :class:`ConfigError` (token ids outside the vocabulary,
+        a grammar that cannot be enforced) and :class:`QueueFullError`."""
         if adapter == self.base_name:
             adapter = None
         if adapter is not None and adapter not in self.cache.sources:
@@ -113,19 +119,28 @@ class Engine:
         if not prompt:
             raise ConfigError("prompt is empty")
         vocab = self.model.config.vocab_size
-        if min(prompt) < 0 or max(prompt) >= vocab:
-            raise ConfigError(f"prompt token ids must lie in [0, {vocab}), got {min(prompt)}..{max(prompt)}")
+        for what, ids in (("prompt", prompt), ("stop_token_ids", params.stop_token_ids), ("logit_bias", list(params.logit_bias))):
+            if ids and (min(ids) < 0 or max(ids) >= vocab):
+                raise ConfigError(f"{what} token ids must lie in [0, {vocab}), got {min(ids)}..{max(ids)}")
         if len(prompt) > self.max_prompt_tokens:
             raise PromptTooLongError(f"prompt has {len(prompt)} tokens, the limit is {self.max_prompt_tokens}")
         if params.max_tokens < 1:
             raise ConfigError(f"max_tokens must be at least 1, got {params.max_tokens}")
+        if len(prompt) + params.max_tokens > self.max_context:
+            raise PromptTooLongError(f"prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) exceeds the "
+                                     f"context of {self.max_context} tokens; lower max_tokens to at most "
+                                     f"{self.max_context - len(prompt)}")
         request = Request(adapter, prompt, params, emit)
+        if params.grammar is not None:
+            request.constraint = Constraint(params.grammar, self.tokenizer, vocab)
         self.scheduler.submit(request)
         self.metrics.queued.set(self.scheduler.queued)
         return request
 
     def generate(self, prompt: str | list[int], adapter: str | None = None, **params) -> Completion:
-        """Generate one completion (blocking): via the background thread when started, else inline."""
+        """Generate one completion (blocking): via the background thread when started, else inline.
+
+        ``params`` are :class:`SamplingParams` fields (e.g. ``max_tokens=8, temperature=0``)."""
         pieces: list[str] = []
         done = threading.Event()
         outcome: dict[str, object] = {}
@@ -144,7 +159,7 @@ class Engine:
         done.wait()
         if "error" in outcome:
             raise outcome["error"]
-        return Completion("".join(pieces), request.tokens, request.finish_reason, len(ids))
+        return Completion("".join(pieces), request.tokens, request.finish_reason, len(ids), request.logprobs)
 
     # -- running ------------------------------------------------------------------------------------
     def step(self) -> None:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lorakit.errors import LorakitError
+from lorakit.core.errors import LorakitError
 from lorakit.serve import batch as batching
 from lorakit.serve.cache import CacheFullError
-from lorakit.serve.sampling import SamplingParams, TextStream, next_tokens
+from lorakit.serve.sampling import SamplingParams, TextStream, TokenLogprobs, next_tokens
 
 
 class QueueFullError(LorakitError):
@@ -30,7 +30,8 @@ class QueueFullError(LorakitError):
 @dataclass
 class Request:
     """One generation. ``emit(kind, payload)`` is called from the engine thread: ``("text", str)`` for each
-    new piece of text, then ``("done", finish_reason)`` or ``("error", exception)``."""
+    new piece of text, then ``("done", finish_reason)`` or ``("error", exception)``. ``logprobs`` holds one
+    entry per token when ``params.logprobs`` is set; ``constraint`` follows ``params.grammar``."""
 
     adapter: str | None
     prompt: list[int]
@@ -43,6 +44,9 @@ class Request:
     finish_reason: str | None = None
     stream: TextStream | None = None
     generator: torch.Generator | None = None
+    constraint: object | None = None
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    last_token_at: float | None = None
 
     def cancel(self) -> None:
         """The client went away: the request leaves the queue or the batch at the next step."""
@@ -171,12 +175,23 @@ class Scheduler:
 
     def _advance(self, batch: batching.Batch, logits: torch.Tensor) -> batching.Batch | None:
         """Choose each row's next token, emit its text, and keep the rows that go on."""
-        tokens = next_tokens(logits, [r.params for r in batch.rows], [r.generator for r in batch.rows])
+        try:
+            chosen = next_tokens(logits, batch.rows, self.engine.eos_ids)
+        except Exception as err:
+            for request in batch.rows:
+                self._fail(request, err)
+            return None
         kept = []
         now = time.perf_counter()
-        for i, (request, token) in enumerate(zip(batch.rows, tokens)):
+        positions = batch.positions.tolist()
+        for i, (request, (token, logprobs)) in enumerate(zip(batch.rows, chosen)):
+            if request.last_token_at is not None:
+                self.engine.metrics.inter_token(request, now - request.last_token_at)
             request.first_token_at = request.first_token_at or now
-            reason = self._take(request, token, int(batch.positions[i]) + 1)
+            request.last_token_at = now
+            if logprobs is not None:
+                request.logprobs.append(logprobs)
+            reason = self._take(request, token, positions[i] + 1)
             if reason is None:
                 kept.append(i)
             else:
@@ -186,12 +201,16 @@ class Scheduler:
     def _take(self, request: Request, token: int, context: int) -> str | None:
         """Record ``token`` for ``request``; the finish reason if it ends here."""
         request.tokens.append(token)
-        if token in self.engine.eos_ids and not request.params.ignore_eos:
+        params = request.params
+        if request.constraint is not None:
+            request.constraint.advance(token)
+        stops = len(request.tokens) > params.min_tokens
+        if stops and ((token in self.engine.eos_ids and not params.ignore_eos) or token in params.stop_token_ids):
             return "stop"
-        delta = request.stream.push(token)
+        delta = request.stream.push(token, check_stops=stops)
         if delta:
             request.emit("text", delta)
-        if request.stream.stopped:
+        if request.stream.stopped or (request.constraint is not None and request.constraint.stopped):
             return "stop"
         if len(request.tokens) >= request.params.max_tokens or context >= self.engine.max_context:
             return "length"
