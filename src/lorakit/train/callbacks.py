@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lorakit import atomic
+from lorakit.core.files import atomic
 
 if TYPE_CHECKING:
     from lorakit.train.trainer import Trainer
@@ -81,6 +81,11 @@ class MetricsLog(Callback):
         self.handle.close()
 
 
+_SHOWN = (("task_loss", "task"), ("drift_kl", "drift"), ("batch_kl", "batch-kl"), ("reward_accuracy", "acc"),
+          ("reward_margin", "margin"))
+"""Objective terms shown on the progress line beside the loss, when the run logs them."""
+
+
 class ProgressBar(Callback):
     """A live bar: step, loss, learning rate, tokens/s and ETA (rich)."""
 
@@ -98,7 +103,8 @@ class ProgressBar(Callback):
         self.eval_info = ""
 
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
-        info = (f"loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  {metrics['tokens_per_s']:,.0f} tok/s"
+        extra = "".join(f"  {label} {metrics[key]:.4f}" for key, label in _SHOWN if key in metrics)
+        info = (f"loss {metrics['loss']:.4f}{extra}  lr {metrics['lr']:.2e}  {metrics['tokens_per_s']:,.0f} tok/s"
                 f"{self.eval_info}")
         self.progress.update(self.task, completed=metrics["step"], info=info)
 
@@ -132,7 +138,8 @@ class MLflowTracker(Callback):
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
         import mlflow
 
-        mlflow.log_metrics({k: float(metrics[k]) for k in ("loss", "lr", "grad_norm", "tokens_per_s")}, step=metrics["step"])
+        keys = ("loss", "lr", "grad_norm", "tokens_per_s", *(key for key, _ in _SHOWN if key in metrics))
+        mlflow.log_metrics({k: float(metrics[k]) for k in keys}, step=metrics["step"])
 
     def on_evaluate(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
         import mlflow

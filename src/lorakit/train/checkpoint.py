@@ -20,15 +20,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorakit import atomic
-from lorakit.errors import ConfigError
-from lorakit.io import restore_adapter, save_adapter
+from lorakit.core.files import atomic
+from lorakit.core.errors import ConfigError
+from lorakit.core.files import restore_adapter, save_adapter
 
 STATE_FILE = "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # config keys whose change makes a resumed run a different run
 _MUST_MATCH = ("base", "lora", "data.format", "data.max_length", "data.train_on_prompt", "data.packing",
-               "train.batch_size", "train.grad_accum", "train.seed", "train.lr", "train.schedule", "train.loraplus_ratio")
+               "train.batch_size", "train.grad_accum", "train.seed", "train.lr", "train.schedule", "train.loraplus_ratio",
+               "train.objective", "dpo", "drift_guard")
 
 
 @dataclass

@@ -1,28 +1,43 @@
 """The training config: a YAML file validated by pydantic, with ``--set key=value`` overrides.
 
-Every field is documented where it is declared. An unknown key or a bad value is a
-:class:`~lorakit.errors.ConfigError` naming the key (``train.lr``), what was wrong and the file.
+Every field is documented where it is declared. Scalars are strict (``batch_size: true`` or ``lr: "1e-4"`` is
+refused, not converted). Hugging Face's and PEFT's names are accepted as aliases (:data:`ALIASES`:
+``train.learning_rate``, ``lora.lora_alpha``…). Every unknown key and bad value is reported at once in one
+:class:`~lorakit.core.errors.ConfigError` naming the file and each key (``train.lr``), with "did you mean".
+The file itself is read strictly by :mod:`lorakit.train.config_file` (duplicate keys, bounded aliases).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lorakit.bases import DEFAULT_BASE
-from lorakit.config import LoraConfig
-from lorakit.errors import ConfigError
+from lorakit.core.bases import DEFAULT_BASE
+from lorakit.core.config import ALIASES as LORA_ALIASES
+from lorakit.core.config import LoraConfig
+from lorakit.core.errors import ConfigError
+from lorakit.core.names import did_you_mean, rename_aliases
 from lorakit.train.adalora import AdaLoraSection
+from lorakit.train.objective_config import DpoSection, DriftGuardSection
+from lorakit.train.config_file import read_yaml
 
-_LORA_FIELDS = {f.name for f in dataclasses.fields(LoraConfig)}
+ALIASES: dict[str, dict[str, str]] = {
+    "": {"model_name_or_path": "base", "base_model_name_or_path": "base", "output_dir": "output"},
+    "data": {"max_seq_length": "max_length", "dataset_format": "format"},
+    "train": {"learning_rate": "lr", "num_train_epochs": "num_epochs", "per_device_train_batch_size": "batch_size",
+              "gradient_accumulation_steps": "grad_accum", "lr_scheduler_type": "schedule", "save_steps": "save_every",
+              "eval_steps": "eval_every", "logging_steps": "log_every", "save_total_limit": "keep_checkpoints",
+              "optimizer": "optim"},
+}
+"""Hugging Face ``TrainingArguments``/TRL names accepted per section (``""``: top level); ``lora`` takes PEFT's
+names (:data:`lorakit.core.config.ALIASES`)."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class DataSection(_Section):
@@ -32,8 +47,9 @@ class DataSection(_Section):
     """Evaluation rows in the same format; or use ``eval_fraction``."""
     eval_fraction: float | None = Field(None, gt=0, lt=1)
     """Hold out this fraction of the training rows (chosen with ``train.seed``) for evaluation."""
-    format: Literal["chat", "instruction", "completion"] = "chat"
-    """Row format: chat ``{"messages"}``, instruction ``{"instruction","input","output"}``, completion ``{"prompt","completion"}``."""
+    format: Literal["chat", "instruction", "completion"] | None = None
+    """Row format: chat ``{"messages"}``, instruction ``{"instruction","input","output"}``, completion
+    ``{"prompt","completion"}``; ``null``: detected from the rows' keys (an error when it is ambiguous)."""
     max_length: int = Field(512, ge=8)
     """Tokens per example (per pack with ``packing``); longer examples are cut and counted."""
     train_on_prompt: bool = False
@@ -87,6 +103,9 @@ class TrainSection(_Section):
     """Stop after this many evaluations without a better eval loss."""
     log_every: int = Field(1, ge=1)
     """Append a line to metrics.jsonl every N steps."""
+    objective: Literal["sft", "dpo"] = "sft"
+    """``sft``: next-token cross-entropy on responses; ``dpo``: preference pairs (``prompt``, ``chosen``,
+    ``rejected``) with the base as reference, settings in the ``dpo:`` section."""
 
 
 class TrackingSection(_Section):
@@ -108,24 +127,35 @@ class RunConfig(_Section):
     adalora: AdaLoraSection | None = None
     """AdaLoRA rank budget (init_r, target_r, tinit, tfinal, delta_t, ...); the adapter is saved as plain LoRA."""
     lora: dict[str, Any] = Field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.0, "targets": "all-linear"})
-    """LoraConfig fields (``r``, ``alpha``, ``dropout``, ``targets``, ...), see lorakit.config."""
+    """LoraConfig fields (``r``, ``alpha``, ``dropout``, ``targets``, ...), see lorakit.core.config."""
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
     output: str = "runs/lorakit"
     """Run directory: checkpoints/, adapter/, best/, metrics.jsonl, loss.png, lorakit.json."""
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    drift_guard: DriftGuardSection | None = None
+    """Regularise toward the base's next-token distributions (weight, data, schedule, ...); ``null``: off."""
+    dpo: DpoSection = Field(default_factory=DpoSection)
+    """DPO settings (beta, label_smoothing, loss_type, precompute_reference), used when ``train.objective: dpo``."""
+
+    @model_validator(mode="after")
+    def _guard_fits_objective(self) -> "RunConfig":
+        if self.train.objective == "dpo" and self.drift_guard is not None and self.drift_guard.batch_weight > 0:
+            raise ValueError("drift_guard.batch_weight works with train.objective: sft only (DPO already stays "
+                             "near the base through beta); set it to 0")
+        if self.train.objective == "dpo" and self.data.packing:
+            raise ValueError("data.packing cannot be used with train.objective: dpo (each pair is scored as two "
+                             "whole sequences); set data.packing: false")
+        return self
 
     @field_validator("lora")
     @classmethod
     def _valid_lora(cls, value: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(value) - _LORA_FIELDS)
-        if unknown:
-            raise ValueError(f"unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(_LORA_FIELDS))}")
         try:
-            LoraConfig(**value)
+            LoraConfig.from_dict(value, "lora.")
+            return rename_aliases(value, LORA_ALIASES, "lora.")
         except ConfigError as err:
             raise ValueError(str(err)) from None
-        return value
 
     def lora_config(self) -> LoraConfig:
         return LoraConfig(**self.lora)
@@ -136,13 +166,22 @@ class RunConfig(_Section):
 
 
 def load_config(source: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML file (or take a dict), apply ``key=value`` overrides, validate. Errors name the key and file."""
+    """Read a YAML file (or take a dict), rename aliases, apply ``key=value`` overrides, validate.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed (see :mod:`lorakit.train.config_file`), or keys and values
+            are invalid — all of them named in one message, each with its file and dotted key.
+    """
     if isinstance(source, RunConfig):
         raw, where = source.model_dump(), "<config>"
     elif isinstance(source, dict):
         raw, where = dict(source), "<config>"
     else:
-        raw, where = _read_yaml(Path(source)), str(source)
+        raw, where = read_yaml(Path(source)), str(source)
+    try:
+        raw = _canonical(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
     for override in overrides or []:
         _apply_override(raw, override)
     try:
@@ -151,20 +190,17 @@ def load_config(source: str | Path | dict[str, Any] | RunConfig, overrides: list
         raise ConfigError(f"{where}: {_describe(err)}") from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', None) or err})") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the config must be a mapping of keys (base, lora, data, train, output), got {type(raw).__name__}")
-    return raw
+def _section_aliases(section: str) -> dict[str, str]:
+    return LORA_ALIASES if section == "lora" else ALIASES.get(section, {})
+
+
+def _canonical(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with aliases renamed to lorakit's names, at the top level and in each section."""
+    out = rename_aliases(raw, ALIASES[""])
+    for section, value in out.items():
+        if isinstance(value, dict) and _section_aliases(section):
+            out[section] = rename_aliases(value, _section_aliases(section), f"{section}.")
+    return out
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:
@@ -173,6 +209,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     if not sep or not key.strip():
         raise ConfigError(f"--set {override!r}: expected key=value, e.g. --set train.lr=1e-4")
     parts = key.strip().split(".")
+    parts[-1] = _section_aliases(".".join(parts[:-1])).get(parts[-1], parts[-1])
     node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
@@ -186,23 +223,33 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
 
 
 def _describe(err: ValidationError) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "config"
-    if first["type"] == "extra_forbidden":
-        section = _section_model(first["loc"][:-1])
-        valid = ", ".join(section.model_fields) if section else ""
-        return f"{key}: unknown key; valid keys here: {valid}"
-    message = first["msg"].removeprefix("Value error, ")
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    got = f", got {first['input']!r}" if first["type"] not in ("value_error", "missing") else ""
-    return f"{key}: {message}{got}{more}"
+    """Every problem of ``err`` in one line: unknown keys grouped by section (with "did you mean"), then bad values."""
+    unknown: dict[tuple, list[str]] = {}
+    problems = []
+    for item in err.errors():
+        loc = tuple(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            unknown.setdefault(loc[:-1], []).append(loc[-1])
+            continue
+        key = ".".join(loc) or "config"
+        message = item["msg"].removeprefix("Value error, ")
+        got = f", got {item['input']!r}" if item["type"] not in ("value_error", "missing") else ""
+        problems.append(f"{key}: {message}{got}")
+    for loc, keys in unknown.items():
+        valid = list(_section_model(loc).model_fields) if _section_model(loc) else []
+        prefix = "".join(f"{part}." for part in loc)
+        names = ", ".join(f"{prefix}{key}{did_you_mean(key, valid)}" for key in keys)
+        place = f" in {'.'.join(loc)}" if loc else ""
+        problems.insert(0, f"unknown key{'s' if len(keys) > 1 else ''} {names}; valid keys{place}: {', '.join(valid)}")
+    return "; ".join(problems)
 
 
 def _section_model(loc: tuple) -> type[BaseModel] | None:
     model: type[BaseModel] = RunConfig
     for part in loc:
-        annotation = model.model_fields.get(str(part))
-        if annotation is None or not isinstance(annotation.annotation, type) or not issubclass(annotation.annotation, BaseModel):
+        field = model.model_fields.get(str(part))
+        candidates = (field.annotation, *get_args(field.annotation)) if field is not None else ()
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
             return None
-        model = annotation.annotation
     return model

@@ -96,3 +96,17 @@ class TokenLoss(nn.Module):
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         selected = hidden[:, :-1][mask]  # (N, H): positions with a label
         return linear_cross_entropy(selected, self.model.get_output_embeddings().weight, targets[mask])
+
+    def per_sequence(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of each row's labelled tokens, shape (B,): minus its response log-probability."""
+        targets = labels[:, 1:]  # (B, T-1)
+        mask = targets != IGNORE
+        if not self.fused:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]  # (B, T-1, V)
+            losses = F.cross_entropy(logits[mask].float(), targets[mask], reduction="none")  # (N,)
+            rows = torch.arange(len(targets), device=targets.device)[:, None].expand_as(targets)[mask]  # (N,)
+            return torch.zeros(len(targets), dtype=losses.dtype, device=losses.device).index_add(0, rows, losses)
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        weight = self.model.get_output_embeddings().weight
+        sums = [linear_cross_entropy(hidden[i, :-1][mask[i]], weight, targets[i][mask[i]]) for i in range(len(targets))]
+        return torch.stack(sums)  # (B,)

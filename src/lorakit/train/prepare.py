@@ -7,7 +7,8 @@ from typing import Any
 
 from lorakit.data import EncodedData, encode_rows, load_rows, pack
 from lorakit.data.load import RowSet
-from lorakit.errors import ConfigError
+from lorakit.data.preference import encode_preferences
+from lorakit.core.errors import ConfigError
 from lorakit.train.config import RunConfig
 
 
@@ -42,6 +43,8 @@ def _split(rows: RowSet, fraction: float, seed: int) -> tuple[RowSet, RowSet]:
 
 def _encode(rows: RowSet, tokenizer, config: RunConfig) -> EncodedData:
     section = config.data
+    if config.train.objective == "dpo":
+        return encode_preferences(rows, tokenizer, section.max_length, skip_bad_lines=section.skip_bad_lines)
     data = encode_rows(rows, tokenizer, section.format, section.max_length, train_on_prompt=section.train_on_prompt,
                        skip_bad_lines=section.skip_bad_lines)
     return pack(data, section.max_length) if section.packing else data

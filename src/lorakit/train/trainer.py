@@ -21,14 +21,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorakit import __version__, atomic, bases
-from lorakit.data import EncodedData, collate
-from lorakit.errors import TrainingError
-from lorakit.io import save_adapter
+from lorakit._version import __version__
+from lorakit.core.files import atomic
+from lorakit.core import bases
+from lorakit.data import EncodedData
+from lorakit.core.errors import TrainingError
+from lorakit.core.files import save_adapter
 from lorakit.train import checkpoint, distributed, precision
 from lorakit.train.callbacks import Callback, MetricsLog, MLflowTracker, ProgressBar
 from lorakit.train.config import RunConfig, load_config
-from lorakit.train.loss import TokenLoss
+from lorakit.train.drift_guard import DriftGuard, trainer_scale
+from lorakit.train.objectives import batch_collator, build_objective, precompute_reference
 from lorakit.train.optim import make_optimizer, param_groups
 from lorakit.train.plot import plot_losses
 from lorakit.train.prepare import describe, prepare_data
@@ -72,7 +75,11 @@ class Trainer:
         if self.config.tracking.mlflow:
             tracking = self.config.tracking
             defaults.append(MLflowTracker(tracking.mlflow, tracking.experiment, tracking.run_name or self.output.name))
+        guard = self.config.drift_guard
+        if guard is not None and guard.weight > 0:
+            defaults.insert(0, DriftGuard(guard))
         self.callbacks = [cb for cb in [*defaults, *callbacks] if self.dist.main or not cb.main_only]
+        self.collate = batch_collator(self.config)
         self._stop_signal: int | None = None
 
     @classmethod
@@ -103,7 +110,12 @@ class Trainer:
             checkpoint.set_rng_state(self.state.rng[self.dist.rank])
         else:
             torch.manual_seed(cfg.seed + 1 + self.dist.rank)
-        loss_fn: nn.Module = TokenLoss(self.model)
+        loss_fn: nn.Module = build_objective(self.config, self.model)
+        if self.config.train.objective == "dpo" and self.config.dpo.precompute_reference:
+            for data in (self.train_data, self.eval_data):
+                if data is not None:
+                    precompute_reference(loss_fn, data.examples, self.pad_id, cfg.batch_size, self.device,
+                                         lambda: precision.autocast(self.precision, self.device.type))
         if self.dist.world > 1:
             loss_fn = nn.parallel.DistributedDataParallel(loss_fn, broadcast_buffers=False)
         self.loss_fn = loss_fn
@@ -146,25 +158,36 @@ class Trainer:
         indices = self.sampler.step_indices(step)
         n_targets = sum(self.train_data.examples[i].target_count for i in indices)
         micro = self.sampler.micro_batches(indices, self.dist.rank)
-        loss_sum, tokens = 0.0, 0
+        loss_sum, tokens, stats = 0.0, 0, {}
+        guard_scale = 1.0 if self.config.drift_guard is None else trainer_scale(self.config.drift_guard, self)
+        if hasattr(self.objective, "scale"):
+            self.objective.scale = guard_scale
         for m, rows in enumerate(micro):
-            batch = collate([self.train_data.examples[i] for i in rows], self.pad_id)
+            batch = self.collate([self.train_data.examples[i] for i in rows], self.pad_id)
             batch = {k: v.to(self.device) for k, v in batch.items()}
             tokens += int(batch["attention_mask"].sum())
             sync = m == len(micro) - 1
             no_sync = self.loss_fn.no_sync() if self.dist.world > 1 and not sync else contextlib.nullcontext()
             with no_sync:
                 with precision.autocast(self.precision, self.device.type):
-                    partial = self.loss_fn(**batch)
+                    partial, parts = self.loss_fn(**batch)
                 loss = partial * (self.dist.world / max(n_targets, 1))
                 if sync:
                     for cb in self.callbacks:
-                        term = cb.loss_term(self)
+                        with precision.autocast(self.precision, self.device.type):
+                            term = cb.loss_term(self)
                         if term is not None:
                             loss = loss + term
                 loss.backward()
             loss_sum += float(partial.detach())
-        loss_sum, tokens = distributed.all_sum([loss_sum, float(tokens)], self.dist)
+            for key, value in parts.items():
+                stats[key] = stats.get(key, 0.0) + float(value)
+        named = [cb for cb in self.callbacks if getattr(cb, "term_name", None)]
+        totals = distributed.all_sum([loss_sum, float(tokens), *stats.values(), *(cb.term_value for cb in named)],
+                                     self.dist)
+        loss_sum, tokens = totals[0], totals[1]
+        stats = {k: v / max(n_targets, 1) for k, v in zip(stats, totals[2:2 + len(stats)])}
+        stats.update({cb.term_name: v for cb, v in zip(named, totals[2 + len(stats):])})
         mean_loss = loss_sum / max(n_targets, 1)
         if not math.isfinite(mean_loss):
             self._diverged(step + 1, f"the loss is {mean_loss}")
@@ -181,6 +204,7 @@ class Trainer:
         metrics = {"step": step + 1, "epoch": round(self.sampler.epoch_of(step + 1), 4), "loss": mean_loss,
                    "lr": cfg.lr * factor, "grad_norm": grad_norm, "tokens": int(tokens),
                    "tokens_per_s": tokens / seconds if seconds > 0 else 0.0, "step_s": seconds}
+        metrics.update({k: v for k, v in stats.items() if not (k == "task_loss" and v == mean_loss)})
         for cb in self.callbacks:
             cb.on_step_end(self, metrics)
         return metrics
@@ -201,17 +225,21 @@ class Trainer:
         self.model.eval()
         examples = self.eval_data.examples[self.dist.rank::self.dist.world]
         size = self.config.train.batch_size
-        total, count = 0.0, 0.0
-        module = self.loss_fn.module if isinstance(self.loss_fn, nn.parallel.DistributedDataParallel) else self.loss_fn
+        stats: dict[str, float] = {}
+        count = 0.0
         for start in range(0, len(examples), size):
             chunk = examples[start:start + size]
-            batch = {k: v.to(self.device) for k, v in collate(chunk, self.pad_id).items()}
+            batch = {k: v.to(self.device) for k, v in self.collate(chunk, self.pad_id).items()}
             with precision.autocast(self.precision, self.device.type):
-                total += float(module(**batch))
+                _, parts = self.objective(**batch)
+            for key, value in parts.items():
+                stats[key] = stats.get(key, 0.0) + float(value)
             count += sum(e.target_count for e in chunk)
-        total, count = distributed.all_sum([total, count], self.dist)
+        keys = sorted(stats)
+        totals = distributed.all_sum([count, *(stats[k] for k in keys)], self.dist)
+        self.eval_stats = {k: v / max(totals[0], 1.0) for k, v in zip(keys, totals[1:])}
         self.model.train(was_training)
-        return total / max(count, 1.0)
+        return self.eval_stats["task_loss"]
 
     def _evaluate(self) -> dict[str, Any]:
         value = self.evaluate()
@@ -223,6 +251,7 @@ class Trainer:
         else:
             self.state.evals_without_gain += 1
         metrics = {"step": step, "eval_loss": value}
+        metrics.update({f"eval_{k}": v for k, v in self.eval_stats.items() if k not in ("task_loss", "batch_kl")})
         for cb in self.callbacks:
             cb.on_evaluate(self, metrics)
         return metrics
@@ -265,9 +294,20 @@ class Trainer:
         return flag > 0
 
     def _provenance(self) -> dict[str, Any]:
-        return {"training": {"config": self.config.resolved(), "step": self.state.step, "precision": self.precision,
+        return {"training": {"config": self.config.resolved(), "objective": self._objective_name(),
+                             "step": self.state.step, "precision": self.precision,
                              "processes": self.dist.world, "dataset": {"train": describe(self.train_data),
                                                                        "eval": describe(self.eval_data)}}}
+
+    def _objective_name(self) -> str:
+        guard = self.config.drift_guard
+        guarded = guard is not None and (guard.weight > 0 or guard.batch_weight > 0)
+        return self.config.train.objective + ("+drift_guard" if guarded else "")
+
+    @property
+    def objective(self) -> nn.Module:
+        """The objective module (unwrapped from DDP)."""
+        return self.loss_fn.module if isinstance(self.loss_fn, nn.parallel.DistributedDataParallel) else self.loss_fn
 
     def _finish(self, last: dict[str, Any], completed: bool, seconds: float) -> dict[str, Any]:
         cfg = self.config.train
