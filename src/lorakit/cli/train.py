@@ -56,14 +56,18 @@ def _describe_data(trainer) -> None:
 def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Directory for data, run and report."),
                fast: bool = typer.Option(False, "--fast", help="A tiny random model instead of the default: checks the pipeline in seconds."),
                data_only: bool = typer.Option(False, "--data-only", help="Only write the demo task's train/val/test splits to OUT/data."),
-               progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress bar.")) -> None:
+               progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress bar."),
+               drift_guard: bool = typer.Option(True, "--drift-guard/--no-drift-guard",
+                                                help="Regularise toward the base on general text (default on); "
+                                                     "--no-drift-guard trains plain LoRA.")) -> None:
     """Demo: triage support messages to JSON. Evaluate the base, train a LoRA, evaluate again, print before/after."""
-    from lorakit.quickstart import report_markdown, run_quickstart, write_demo_data
+    from lorakit.cli.quickstart import report_markdown, run_quickstart, write_demo_data
 
     if data_only:
         for split, path in write_demo_data(out, fast=fast).items():
             typer.echo(f"{split}: {path}")
         return
-    report = run_quickstart(out, fast=fast, progress=progress, log=lambda line: typer.echo(line, err=True))
+    report = run_quickstart(out, fast=fast, progress=progress, drift_guard=drift_guard,
+                            log=lambda line: typer.echo(line, err=True))
     typer.echo(report_markdown(report))
     typer.echo(f"report: {out / 'report.json'}  adapter: {report['adapter']}  loss curve: {report['loss_png']}")
