@@ -33,6 +33,7 @@ def _register() -> None:
     from lorakit.cli import eval  # noqa: F401
     from lorakit.cli import registry  # noqa: F401
     from lorakit.cli import serve  # noqa: F401
+    from lorakit.cli import sweep  # noqa: F401
     from lorakit.cli import train  # noqa: F401
 
 
