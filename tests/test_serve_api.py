@@ -183,8 +183,10 @@ def test_a_full_queue_is_429_and_a_vanished_stream_is_dropped(root):
         deadline = time.monotonic() + 30
         while engine.scheduler.queued == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        with pytest.raises(openai.RateLimitError):
+        with pytest.raises(openai.RateLimitError) as limited:
             client.completions.create(model="a", prompt="One too many", max_tokens=2)
+        assert limited.value.response.headers["retry-after"] == "1"
+        assert limited.value.body["code"] == "rate_limit_exceeded"
         stream.close()  # the client goes away mid-stream
         waiting.join(timeout=60)
         assert not waiting.is_alive()

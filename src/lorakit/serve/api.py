@@ -110,7 +110,6 @@ def create_app(engine: Engine, *, admin_token: str | None = None, adapter_root: 
     async def completions(request: Request):
         _check_api_key(request)
         body = await read_body(request, CompletionRequest, max_body_bytes)
-        request.state.model = body.model
         generation.reject_unknown(engine, body.model)
         prompts = await run_in_threadpool(_encode_all, engine, body.prompts)
         grammar = _grammar(body.response_format)
@@ -125,7 +124,6 @@ def create_app(engine: Engine, *, admin_token: str | None = None, adapter_root: 
     async def chat(request: Request):
         _check_api_key(request)
         body = await read_body(request, ChatRequest, max_body_bytes)
-        request.state.model = body.model
         generation.reject_unknown(engine, body.model)
         try:
             ids = await run_in_threadpool(engine.encode_chat, [m.template_dict() for m in body.messages])
@@ -135,7 +133,8 @@ def create_app(engine: Engine, *, admin_token: str | None = None, adapter_root: 
         top = (body.top_logprobs or 0) if body.logprobs else None
         params = [body.sampling(_max_tokens(engine, body.max_tokens, chat_max_tokens, [(ids, "")]), top, grammar, seed)
                   for seed in generation.seeds(body.seed, body.n)]
-        return await generation.run(engine, request, body, [(ids, "")], params, chat=True, report_logprobs=body.logprobs)
+        return await generation.run(engine, request, body, [(ids, "")], params, chat=True, keep=body.n,
+                                    report_logprobs=body.logprobs)
 
     @app.post("/v1/adapters", status_code=201)
     async def load(request: Request) -> dict:

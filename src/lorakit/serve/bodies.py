@@ -94,6 +94,8 @@ async def read_body(request: Request, model: type[BaseModel], limit: int = MAX_B
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object", "invalid_request")
     _check_strings(data, "")
+    if isinstance(data.get("model"), str):
+        request.state.model = data["model"]  # labels a rejection in /metrics
     try:
         return model.model_validate(data)
     except ValidationError as err:
