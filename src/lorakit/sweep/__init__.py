@@ -36,14 +36,13 @@ def run_sweep(source: str | Path | dict[str, Any] | Any, overrides: list[str] = 
     for a storage that cannot be opened; re-raises Ctrl-C after queueing the interrupted trial again.
     """
     from lorakit.sweep.spec import SweepSpec, load_sweep as load
-    from lorakit.sweep.study import open_storage, open_study, work
+    from lorakit.sweep.study import open_study, work
     from lorakit.sweep.trial import run_trial
 
     if mode not in ("new", "resume", "worker"):
         raise ValueError(f"mode must be new, resume or worker, got {mode!r}")
     spec = source if isinstance(source, SweepSpec) else load(source, overrides)
-    storage = open_storage(spec)
-    study = open_study(spec, storage, mode=mode)
+    study, storage = open_study(spec, mode=mode)
     work(spec, study, storage, lambda trial: run_trial(spec, trial, progress=progress),
          on_trial=on_trial or (lambda s, t: None))
     return write_results(spec, study)

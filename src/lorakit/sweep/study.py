@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import threading
 import time
@@ -27,7 +28,9 @@ from pathlib import Path
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
 from sqlalchemy.engine import make_url
 
 from lorakit.core.errors import ConfigError, LorakitError
@@ -76,11 +79,12 @@ def pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
 
 
 @contextlib.contextmanager
-def claim_lock(storage: RDBStorage, name: str) -> Iterator[None]:
-    """Serialise trial claims of study ``name`` across processes and machines that share ``storage``."""
-    url = make_url(storage.url)
-    if url.get_backend_name() == "sqlite":
-        with open(f"{url.database}.lock", "a") as handle:
+def claim_lock(url: str, name: str) -> Iterator[None]:
+    """Serialise the claims (and the creation) of study ``name`` across processes and machines sharing ``url``."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{parsed.database}.lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -88,7 +92,7 @@ def claim_lock(storage: RDBStorage, name: str) -> Iterator[None]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return
     key = int.from_bytes(hashlib.sha256(f"lorakit-sweep:{name}".encode()).digest()[:8], "big", signed=True)
-    with storage.engine.connect() as connection:
+    with _lock_engine(url).connect() as connection:
         connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
         connection.commit()
         try:
@@ -98,11 +102,18 @@ def claim_lock(storage: RDBStorage, name: str) -> Iterator[None]:
             connection.commit()
 
 
-def open_study(spec: SweepSpec, storage: RDBStorage, *, mode: str) -> optuna.Study:
-    """Create or load the study. ``mode``: ``new`` (refuse a study that already has trials), ``resume`` (it must
-    exist) or ``worker`` (join it, creating it if no one has yet). A new grid study queues every grid point."""
+@functools.cache
+def _lock_engine(url: str) -> Engine:
+    return create_engine(url, poolclass=NullPool)
+
+
+def open_study(spec: SweepSpec, *, mode: str) -> tuple[optuna.Study, RDBStorage]:
+    """Open the storage and create or load the study. ``mode``: ``new`` (refuse a study that already has trials),
+    ``resume`` (it must exist) or ``worker`` (join it, creating it if no one has yet). A new grid study queues
+    every grid point. Workers starting together are serialised, the storage's first table creation included."""
     directions = spec.directions
-    with claim_lock(storage, spec.name):
+    with claim_lock(spec.storage, spec.name):
+        storage = open_storage(spec)
         exists = spec.name in {s.study_name for s in storage.get_all_studies()}
         if mode == "resume" and not exists:
             raise ConfigError(f"no study {spec.name!r} in {_shown(storage)} to resume; start it without --resume")
@@ -120,7 +131,7 @@ def open_study(spec: SweepSpec, storage: RDBStorage, *, mode: str) -> optuna.Stu
             if spec.sampler == "grid":
                 for params in spec.space.grid():
                     study.enqueue_trial(params)
-    return study
+    return study, storage
 
 
 @contextlib.contextmanager
@@ -169,7 +180,7 @@ def claim(study: optuna.Study, storage: RDBStorage, spec: SweepSpec) -> optuna.T
     """The next trial to run (a queued one first), or ``None`` when the budget is spent."""
     with _stable():
         optuna.storages.fail_stale_trials(study)
-    with claim_lock(storage, spec.name):
+    with claim_lock(spec.storage, spec.name):
         if spec.trials is not None and budget_used(study.get_trials(deepcopy=False)) >= spec.trials:
             return None
         with warnings.catch_warnings():  # Optuna notes that its own loop usually drives the heartbeat; ours does
