@@ -13,7 +13,7 @@ import torch
 from sqlalchemy import text
 
 import lorakit as lk
-from lorakit.errors import AdapterFileError, BaseMismatchError, LorakitError, RegistryError
+from lorakit.core.errors import AdapterFileError, BaseMismatchError, LorakitError, RegistryError
 from lorakit.registry import Registry
 from tests.helpers import logits, randomize_adapter, tiny_llama, token_batch
 from tests.registry_support import D1, family, make_adapter, registry_url  # noqa: F401  (fixture)
@@ -118,7 +118,8 @@ def test_verify_catches_a_modified_an_added_and_a_missing_file(registry_url, tmp
     path = make_adapter(tmp_path / "support")
     with Registry(registry_url) as registry:
         registry.add(path)
-        assert registry.verify("support") == [{"ref": "support@1", "path": str(path), "ok": True, "problems": []}]
+        [intact] = registry.verify("support")
+        assert (intact["ref"], intact["path"], intact["ok"], intact["problems"]) == ("support@1", str(path), True, [])
         weights = bytearray((path / "adapter_model.safetensors").read_bytes())
         weights[-1] ^= 1
         (path / "adapter_model.safetensors").write_bytes(bytes(weights))
@@ -287,7 +288,7 @@ def test_lineage_written_by_combine_and_compress_is_traced(tmp_path):
 
 
 def test_an_adapter_from_the_real_trainer_is_registered_promoted_loaded_and_found(tmp_path, monkeypatch, one_thread):
-    from lorakit.quickstart import tiny_base
+    from lorakit.cli.quickstart import tiny_base
     from lorakit.train import train
 
     monkeypatch.setenv("LORAKIT_REGISTRY", str(tmp_path / "registry.db"))

@@ -9,7 +9,7 @@ import json
 import pytest
 from sqlalchemy import text
 
-from lorakit.errors import RegistryError
+from lorakit.core.errors import RegistryError
 from lorakit.registry import Registry, db
 from tests.registry_support import make_adapter, registry_url, run_cli  # noqa: F401  (fixture)
 
@@ -46,9 +46,12 @@ def test_a_database_at_the_first_revision_upgrades_with_its_data(registry_url, t
         with pytest.raises(RegistryError, match="append-only"):
             with registry.writing() as session:
                 session.execute(text("DELETE FROM audit_log"))
-        assert [e["actor"] for e in registry.audit()] == ["carol", registry.actor]
+        assert [(e["actor"], e["action"]) for e in registry.audit()] == [
+            ("carol", "register"), ("lorakit migration 0003", "seal"), (registry.actor, "register")]
+        assert registry.verify("legacy")[0]["problems"] == [{"file": "lorakit.json", "status": "missing",
+                                                             "expected": "e" * 64, "actual": None}]
         with registry.reading() as session:
-            assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == db.head_revision() == "0002"
+            assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == db.head_revision() == "0003"
 
 
 def test_a_database_from_a_newer_lorakit_is_refused(registry_url, monkeypatch, capsys):

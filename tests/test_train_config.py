@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import lorakit as lk
-from lorakit.errors import ConfigError
+from lorakit.core.errors import ConfigError
 from lorakit.train.config import load_config
 from lorakit.train.optim import make_optimizer, param_groups
 from lorakit.train.schedule import lr_factor, warmup_steps
@@ -26,11 +26,11 @@ def test_defaults_validate_and_overrides_parse_yaml_values():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.lrr=1", r"train\.lrr: unknown key; valid keys here: max_steps, batch_size"),
+    ("train.lrr=1", r"unknown key train\.lrr \(did you mean 'lr'\?\); valid keys in train: max_steps, batch_size"),
     ("train.lr=-1", r"train\.lr: Input should be greater than 0, got -1"),
     ("train.schedule=step", r"train\.schedule: Input should be 'cosine', 'linear' or 'constant'"),
     ("lora.r=0", r"lora: r must be a positive integer rank, got 0"),
-    ("lora.rank=8", r"lora: unknown key 'rank'"),
+    ("lora.rank=8", r"lora: unknown key lora\.rank \(did you mean 'r'\?\)"),
     ("data.eval_fraction=1.5", r"data\.eval_fraction: Input should be less than 1"),
     ("train", r"expected key=value"),
 ])
@@ -88,7 +88,7 @@ def _run_cli(monkeypatch, capsys, *args):
 
 @pytest.fixture
 def run_config(tmp_path):
-    from lorakit.quickstart import tiny_base
+    from lorakit.cli.quickstart import tiny_base
 
     base = tiny_base(lk.bases.lorakit_home() / "models" / "tiny-demo")
     data = tmp_path / "train.jsonl"
@@ -101,7 +101,7 @@ def run_config(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--set", "train.warmup=0.1"], "train.warmup: unknown key"),
+    (["--set", "train.warmup=0.1"], "unknown key train.warmup (did you mean 'warmup_ratio'?)"),
     (["--set", "train.batch_size=zero"], "train.batch_size: Input should be a valid integer"),
     (["--set", "data.format=chat"], "format 'chat' needs key(s) messages"),
 ])

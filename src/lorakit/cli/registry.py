@@ -188,7 +188,8 @@ def retire(ref: str = typer.Argument(..., help="NAME@VERSION."), reason: str = t
 @registry_app.command("verify")
 def verify(ref: str = typer.Argument(..., help="NAME (every version) or NAME@VERSION."), url: str = _URL,
            as_json: bool = _JSON) -> None:
-    """Re-hash the files of an adapter against the registry; exit code 1 when any is modified, missing or added."""
+    """Re-hash an adapter's files, compare its registry row with its last audited change and check the audit hash
+    chain end to end; print what changed and where the chain breaks; exit code 1 on any finding."""
     from lorakit.registry.checks import describe
 
     with _open(url) as registry:
@@ -199,6 +200,9 @@ def verify(ref: str = typer.Argument(..., help="NAME (every version) or NAME@VER
         for report in reports:
             state = "ok" if report["ok"] else "FAILED: " + "; ".join(describe(p) for p in report["problems"])
             typer.echo(f"{report['ref']:<28} {state}")
+        if reports:
+            typer.echo(f"audit chain: {reports[0]['audit_entries']} entries, head {reports[0]['chain_head'][:16]} "
+                       "(record it elsewhere to detect a rebuilt log)")
     if not all(report["ok"] for report in reports):
         raise typer.Exit(1)
 

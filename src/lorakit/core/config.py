@@ -1,19 +1,29 @@
-"""LoraConfig: the validated description of an adapter, mapped 1:1 onto PEFT's ``adapter_config.json``."""
+"""LoraConfig: the validated description of an adapter, mapped 1:1 onto PEFT's ``adapter_config.json``.
+
+PEFT's field names are understood as aliases (:data:`ALIASES`: ``LoraConfig(lora_alpha=16,
+target_modules=["q_proj"])``), and an unknown name is a :class:`ConfigError` naming every unknown key with the
+closest valid one.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorakit.errors import ConfigError
+from lorakit.core.errors import ConfigError
+from lorakit.core.names import rename_aliases, unknown_keys
 
 ALL_LINEAR = "all-linear"
 BIAS_MODES = ("none", "all", "lora_only")
 INIT_SCHEMES = ("default", "gaussian", "pissa", "olora")
 _PISSA_NITER = re.compile(r"^pissa_niter_(\d+)$")
+ALIASES = {"lora_alpha": "alpha", "target_modules": "targets", "lora_dropout": "dropout",
+           "exclude_modules": "exclude", "layers_to_transform": "layers"}
+"""PEFT's ``LoraConfig`` names accepted for lorakit's fields."""
 
 
 @dataclass
@@ -64,6 +74,22 @@ class LoraConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], prefix: str = "") -> "LoraConfig":
+        """A validated config from a mapping that may use PEFT's names (:data:`ALIASES`).
+
+        Raises:
+            ConfigError: unknown keys (all named at once, with "did you mean"), a key given twice under two names,
+                or a bad value.
+        """
+        if not isinstance(values, dict):
+            raise ConfigError(f"{prefix.rstrip('.') or 'lora'} must be a mapping of LoraConfig fields, got {type(values).__name__}")
+        renamed = rename_aliases(values, ALIASES, prefix)
+        problem = unknown_keys(renamed, [f.name for f in dataclasses.fields(cls)], prefix)
+        if problem:
+            raise ConfigError(problem)
+        return cls(**renamed)
+
     def validate(self) -> None:
         """Check every field; raise :class:`ConfigError` naming the field and what to do."""
         _check_rank("r", self.r)
@@ -94,6 +120,11 @@ class LoraConfig:
             if isinstance(self.modules_to_save, str):
                 self.modules_to_save = [self.modules_to_save]
             self.modules_to_save = list(self.modules_to_save)
+        for name in ("use_rslora", "use_dora"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.fan_in_fan_out is not None and not isinstance(self.fan_in_fan_out, bool):
+            raise ConfigError(f"fan_in_fan_out must be true, false or null, got {self.fan_in_fan_out!r}")
         if self.init not in INIT_SCHEMES and not _PISSA_NITER.match(str(self.init)):
             raise ConfigError(f"init must be one of {', '.join(INIT_SCHEMES)} or pissa_niter_K, got {self.init!r}")
 
@@ -141,3 +172,22 @@ def _check_regex(name: str, pattern: str) -> None:
         re.compile(pattern)
     except re.error as err:
         raise ConfigError(f"{name} is not a valid regular expression ({err}): {pattern!r}") from None
+
+
+_DATACLASS_INIT = LoraConfig.__init__
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(LoraConfig))
+
+
+def _init_with_aliases(self: LoraConfig, *args: Any, **kwargs: Any) -> None:
+    unknown = [k for k in kwargs if k not in _FIELD_NAMES]
+    if unknown:
+        kwargs = rename_aliases(kwargs, ALIASES)
+        problem = unknown_keys(kwargs, _FIELD_NAMES)
+        if problem:
+            raise ConfigError(f"LoraConfig: {problem}")
+    _DATACLASS_INIT(self, *args, **kwargs)
+
+
+_init_with_aliases.__doc__ = _DATACLASS_INIT.__doc__
+_init_with_aliases.__signature__ = inspect.signature(_DATACLASS_INIT)
+LoraConfig.__init__ = _init_with_aliases

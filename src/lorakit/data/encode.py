@@ -4,16 +4,17 @@ A chat is rendered once with the tokenizer's chat template. The character span o
 by rendering the conversation up to that turn (with and without the turn), and a token is a label when its first
 character lies inside such a span — so the template's own markers around a response (``<|im_end|>``) are learnt
 and the roles, system prompt and user turns are not. Sequences longer than ``max_length`` are cut at the end and
-counted.
+counted, and so are the rows whose cut left no label at all; a dataset with no label token left is a
+:class:`~lorakit.core.errors.DataError` (training on it would run at a loss of 0 and learn nothing).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lorakit.data.formats import Example, to_example
+from lorakit.data.formats import Example, detect_format, to_example
 from lorakit.data.load import Row, RowSet
-from lorakit.errors import DataError
+from lorakit.core.errors import DataError
 
 IGNORE = -100
 
@@ -42,6 +43,10 @@ class EncodedData:
     skipped: list[str] = field(default_factory=list)
     rows: int = 0
     """Rows read (before skipping and packing)."""
+    unlabelled: int = 0
+    """Examples left without any label token (their response was cut off by ``max_length``)."""
+    format: str | None = None
+    """The row format used (given, or detected from the rows)."""
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -51,10 +56,20 @@ class EncodedData:
         return sum(e.target_count for e in self.examples)
 
 
-def encode_rows(rowset: RowSet, tokenizer, fmt: str, max_length: int, *, train_on_prompt: bool = False,
+def encode_rows(rowset: RowSet, tokenizer, fmt: str | None, max_length: int, *, train_on_prompt: bool = False,
                 skip_bad_lines: bool = False) -> EncodedData:
-    """Check every row against ``fmt`` and tokenize it; with ``skip_bad_lines`` rows that do not fit are counted."""
-    data = EncodedData([], rowset.source, rowset.sha256, skipped=list(rowset.skipped), rows=len(rowset) + len(rowset.skipped))
+    """Check every row against ``fmt`` and tokenize it; with ``skip_bad_lines`` rows that do not fit are counted.
+
+    ``fmt=None`` detects the format from the rows' keys (:func:`~lorakit.data.formats.detect_format`).
+    ``max_length`` is in tokens.
+
+    Raises:
+        DataError: a row does not fit the format (``file:line``), no row is usable, or truncation to
+            ``max_length`` left no label token in the whole dataset.
+    """
+    fmt = fmt or detect_format(rowset)
+    data = EncodedData([], rowset.source, rowset.sha256, skipped=list(rowset.skipped), rows=len(rowset) + len(rowset.skipped),
+                       format=fmt)
     for row in rowset.rows:
         try:
             example = to_example(row, fmt)
@@ -66,8 +81,13 @@ def encode_rows(rowset: RowSet, tokenizer, fmt: str, max_length: int, *, train_o
         encoded, truncated = encode_example(example, tokenizer, max_length, train_on_prompt=train_on_prompt, row=row)
         data.examples.append(encoded)
         data.truncated += truncated
+        data.unlabelled += encoded.target_count == 0
     if not data.examples:
         raise DataError(f"{rowset.source}: no usable rows ({len(data.skipped)} skipped, first: {data.skipped[:1]})")
+    if data.target_tokens == 0:
+        raise DataError(f"{rowset.source}: no label (response) tokens left to train on: {data.unlabelled} of "
+                        f"{len(data)} rows lost all their labels to truncation at data.max_length={max_length} "
+                        "tokens; raise data.max_length or shorten the prompts")
     return data
 
 

@@ -5,14 +5,16 @@
 - ``instruction``: ``{"instruction": str, "input": str (optional), "output": str}``, turned into a user turn
   (instruction, blank line, input) and an assistant turn (output).
 - ``completion``: ``{"prompt": str, "completion": str}``, plain text without a chat template.
+
+When no format is given, :func:`detect_format` picks the one whose keys every row has.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lorakit.data.load import Row
-from lorakit.errors import DataError
+from lorakit.data.load import Row, RowSet
+from lorakit.core.errors import DataError
 
 FORMATS = ("chat", "instruction", "completion")
 ROLES = ("system", "user", "assistant", "tool")
@@ -34,6 +36,20 @@ def guess_format(data: dict) -> str | None:
         if all(k in data for k in keys):
             return name
     return None
+
+
+def detect_format(rowset: RowSet) -> str:
+    """The one format whose keys every row has; a :class:`DataError` naming the odd row otherwise (set ``data.format``)."""
+    fitting = [name for name, keys in _KEYS.items() if all(all(k in row.data for k in keys) for row in rowset.rows)]
+    if len(fitting) == 1:
+        return fitting[0]
+    if fitting:
+        raise DataError(f"{rowset.source}: the rows fit several formats ({', '.join(fitting)}); set data.format")
+    first = guess_format(rowset.rows[0].data)
+    odd = next(row for row in rowset.rows if first is None or guess_format(row.data) != first)
+    needs = "; ".join(f"{name}: {', '.join(keys)}" for name, keys in _KEYS.items())
+    raise DataError(f"{odd.where}: cannot tell the data format from keys {', '.join(sorted(map(str, odd.data))) or 'none'} "
+                    f"(rows need the keys of one format — {needs}); fix the rows or set data.format")
 
 
 def to_example(row: Row, fmt: str) -> Example:

@@ -1,7 +1,9 @@
 """Read training rows from JSONL, CSV or Parquet files, or from a ``datasets.Dataset``.
 
 Every row keeps where it came from (``file:line``) so that a later error can point at it. A file that cannot be
-read, a line that is not a JSON object, and an empty dataset are :class:`~lorakit.errors.DataError`.
+read, a path that is not a regular file (a directory, a FIFO, a device: refused, never waited on), bytes that are
+not UTF-8 (``file:line``), a line that is not a JSON object, and an empty dataset are
+:class:`~lorakit.core.errors.DataError`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorakit.errors import DataError
+from lorakit.core.errors import DataError
+from lorakit.core.files.text import check_regular, open_regular, utf8_lines
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -72,15 +75,14 @@ def load_rows(source: Any, *, skip_bad_lines: bool = False) -> RowSet:
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path, "data file", DataError) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
 def _load_file(path: Path, skip_bad_lines: bool) -> RowSet:
-    if not path.is_file():
-        raise DataError(f"{path}: data file not found")
+    check_regular(path, "data file", DataError)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unknown data file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
@@ -97,41 +99,36 @@ def _load_file(path: Path, skip_bad_lines: bool) -> RowSet:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[Row, str | None]]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for lineno, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
-                row = Row({}, str(path), lineno)
-                try:
-                    value = json.loads(text)
-                except json.JSONDecodeError as err:
-                    yield row, f"invalid JSON ({err.msg} at column {err.colno})"
-                    continue
-                if not isinstance(value, dict):
-                    yield row, f"expected a JSON object, got {type(value).__name__}"
-                    continue
-                row.data = value
-                yield row, None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    for lineno, text in utf8_lines(path, "data file", DataError):
+        if not text.strip():
+            continue
+        row = Row({}, str(path), lineno)
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            yield row, f"invalid JSON ({err.msg} at column {err.colno})"
+            continue
+        if not isinstance(value, dict):
+            yield row, f"expected a JSON object, got {type(value).__name__}"
+            continue
+        row.data = value
+        yield row, None
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[Row, str | None]]:
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
+    reader = csv.DictReader(text for _, text in utf8_lines(path, "data file", DataError))
+    try:
         if not reader.fieldnames:
             return
-        try:
-            for record in reader:
-                row = Row({}, str(path), reader.line_num)
-                if None in record or any(v is None for v in record.values()):
-                    yield row, f"expected {len(reader.fieldnames)} columns ({', '.join(reader.fieldnames)})"
-                    continue
-                row.data = dict(record)
-                yield row, None
-        except csv.Error as err:
-            raise DataError(f"{path}:{reader.line_num}: malformed CSV ({err})") from None
+        for record in reader:
+            row = Row({}, str(path), reader.line_num)
+            if None in record or any(v is None for v in record.values()):
+                yield row, f"expected {len(reader.fieldnames)} columns ({', '.join(reader.fieldnames)})"
+                continue
+            row.data = dict(record)
+            yield row, None
+    except csv.Error as err:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({err})") from None
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[Row, str | None]]:

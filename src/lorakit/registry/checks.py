@@ -1,4 +1,5 @@
-"""Integrity and compatibility: re-hash an adapter's files against the registry, and find the adapters that fit a base."""
+"""Integrity and compatibility: re-hash an adapter's files, check its row and the audit chain (tamper evidence,
+see :mod:`lorakit.registry.tamper`), and find the adapters that fit a base."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from lorakit.errors import RegistryError
+from lorakit.core.errors import RegistryError
 from lorakit.registry.manifest import hash_files
 from lorakit.registry.records import AdapterRecord, adapter_record
 from lorakit.registry.schema import Adapter
 from lorakit.registry.store import find_bases, lookup, parse_ref
+from lorakit.registry.tamper import chain_head, check_chain, check_state
 
 if TYPE_CHECKING:
     from lorakit.registry.store import Registry
@@ -35,13 +37,20 @@ def file_problems(record: AdapterRecord) -> list[dict[str, Any]]:
 
 
 def describe(problem: dict[str, Any]) -> str:
+    if "detail" in problem:
+        return problem["detail"]
     if problem["status"] == "modified":
         return f"{problem['file']} modified (sha256 {problem['actual'][:12]}, registered {problem['expected'][:12]})"
     return f"{problem['file']} {problem['status']}"
 
 
 def verify(registry: Registry, ref: str) -> list[dict[str, Any]]:
-    """Re-hash the files of ``ref`` (every version when ``ref`` is a bare name); one report per version, audited."""
+    """Check ``ref`` (every version when ``ref`` is a bare name); one report per version, audited.
+
+    A report's ``problems`` are its files (``missing``/``modified``/``added``), the fields of its registry row
+    that changed since the last audited change (``status: "row"``), and every break of the audit chain
+    (``status: "audit"``, the same in each report). ``chain_head`` is the newest entry's hash before this check.
+    """
     name, selector = parse_ref(ref)
     with registry.reading() as session:
         if selector is None:
@@ -51,10 +60,14 @@ def verify(registry: Registry, ref: str) -> list[dict[str, Any]]:
         else:
             adapters = [lookup(session, ref)]
         records = [adapter_record(session, a) for a in adapters]
+        rows = {a.ref: [{"status": "row", "detail": d} for d in check_state(session, a)] for a in adapters}
+        chain = [{"status": "audit", "detail": d} for d in check_chain(session)]
+        head, entries = chain_head(session)
     reports = []
     for record in records:
-        problems = file_problems(record)
-        reports.append({"ref": record.ref, "path": record.path, "ok": not problems, "problems": problems})
+        problems = [*file_problems(record), *rows[record.ref], *chain]
+        reports.append({"ref": record.ref, "path": record.path, "ok": not problems, "problems": problems,
+                        "chain_head": head, "audit_entries": entries})
     with registry.writing() as session:
         for report in reports:
             registry.log(session, "verify", report["ref"], ok=report["ok"], problems=[describe(p) for p in report["problems"]])
@@ -81,8 +94,8 @@ def compatible(registry: Registry, base: str) -> dict[str, Any]:
 
 
 def _fingerprint_of(base: str) -> str:
-    from lorakit import bases
-    from lorakit.errors import ModelLoadError
+    from lorakit.core import bases
+    from lorakit.core.errors import ModelLoadError
 
     local = Path(base).expanduser()
     if base != bases.DEFAULT_BASE and not (local / "config.json").exists():

@@ -3,7 +3,8 @@
 Each adapter row is one ``name@version``: the directory it lives in, the sha256 and size of every file, a
 rank/targets summary, its base model (by fingerprint), the datasets it was trained on, its metrics, the
 lineage edges that connect it to the adapters it was made from, its tags and its governance status. The
-audit log is append-only (database triggers refuse UPDATE and DELETE on it).
+audit log is append-only (database triggers refuse UPDATE and DELETE on it) and hash-chained, each change
+carrying a snapshot of the adapter row it produced (see :mod:`lorakit.registry.tamper`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class Base(DeclarativeBase):
 
 
 class BaseModel(Base):
-    """A base model, identified by its lorakit fingerprint (see :func:`lorakit.bases.fingerprint`)."""
+    """A base model, identified by its lorakit fingerprint (see :func:`lorakit.core.bases.fingerprint`)."""
 
     __tablename__ = "base_models"
 
@@ -147,7 +148,7 @@ class LineageEdge(Base):
 
 
 class AuditEntry(Base):
-    """Who did what to which adapter, when. Append-only."""
+    """Who did what to which adapter, when. Append-only and hash-chained."""
 
     __tablename__ = "audit_log"
 
@@ -157,3 +158,9 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     adapter: Mapped[str | None] = mapped_column(String(256), index=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The adapter's row after this change (``None`` for actions that change nothing, such as verify)."""
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    """``entry_hash`` of the entry before this one (``""`` for the first)."""
+    entry_hash: Mapped[str | None] = mapped_column(String(64))
+    """sha256 over ``prev_hash`` and this entry's content."""

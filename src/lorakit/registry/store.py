@@ -3,7 +3,8 @@
 Each write is one transaction, serialised with every other writer (see :mod:`lorakit.registry.db`): a failed
 registration leaves nothing behind. Promotion rules: ``draft → staging → production``, any of them →
 ``retired``; a retired version is never promoted again; promoting a version to production moves the name's
-previous production version back to staging unless ``allow_multiple``.
+previous production version back to staging unless ``allow_multiple``. The audit entries of a write are
+sealed into the audit hash chain when it commits (:mod:`lorakit.registry.tamper`).
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from lorakit.errors import RegistryError
-from lorakit.peft_format import WEIGHTS_FILE
+from lorakit.core.errors import RegistryError
+from lorakit.core.files.peft_format import WEIGHTS_FILE
 from lorakit.registry import db
 from lorakit.registry.manifest import DatasetInfo, Manifest, ParentInfo, read_manifest
 from lorakit.registry.records import AdapterRecord, adapter_record, audit_dict, iso
 from lorakit.registry.schema import (STATUSES, Adapter, AdapterDataset, AdapterFile, AdapterTag, AuditEntry, BaseModel,
                                      Dataset, LineageEdge, Metric, utcnow)
+from lorakit.registry.tamper import seal
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SELECTORS = (*STATUSES, "latest")
 _PROMOTABLE = ("staging", "production")
 _WRAPPER_DIRS = ("adapter", "best", "final")
+_PENDING = "lorakit_audit_pending"
 
 
 def check_name(value: str, what: str = "name") -> str:
@@ -95,9 +98,12 @@ class Registry:
         with self.reading() as session:
             db.write_lock(session.connection(execution_options=db.WRITER_OPTIONS))
             yield session
+            seal(session, session.info.pop(_PENDING, []))
 
     def log(self, session: Session, action: str, adapter: str | None, **details: Any) -> None:
-        session.add(AuditEntry(at=utcnow(), actor=self.actor, action=action, adapter=adapter, details=details))
+        """Audit ``action`` on ``adapter``; written, with its snapshot and chain hash, when the write commits."""
+        session.info.setdefault(_PENDING, []).append(
+            AuditEntry(at=utcnow(), actor=self.actor, action=action, adapter=adapter, details=details))
 
     # --- registration -----------------------------------------------------------------------------------
 

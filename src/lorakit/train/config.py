@@ -9,10 +9,10 @@ The file itself is read strictly by :mod:`lorakit.train.config_file` (duplicate 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorakit.core.bases import DEFAULT_BASE
@@ -22,7 +22,7 @@ from lorakit.core.errors import ConfigError
 from lorakit.core.names import did_you_mean, rename_aliases
 from lorakit.train.adalora import AdaLoraSection
 from lorakit.train.objective_config import DpoSection, DriftGuardSection
-from lorakit.train.config_file import read_yaml
+from lorakit.train.config_file import parse_yaml, read_yaml
 
 ALIASES: dict[str, dict[str, str]] = {
     "": {"model_name_or_path": "base", "base_model_name_or_path": "base", "output_dir": "output"},
@@ -66,9 +66,15 @@ class DataSection(_Section):
         return self
 
 
+DEFAULT_MAX_STEPS = 200
+
+
 class TrainSection(_Section):
-    max_steps: int = Field(200, ge=1)
-    """Optimizer steps."""
+    max_steps: int | None = Field(None, ge=1)
+    """Optimizer steps (200 when neither this nor ``num_epochs`` is given)."""
+    num_epochs: float | None = Field(None, gt=0)
+    """Instead of ``max_steps``: passes over the training rows; the run resolves it to
+    ``ceil(num_epochs × rows / (batch_size × grad_accum × processes))`` steps (see :meth:`steps_for`)."""
     batch_size: int = Field(8, ge=1)
     """Examples per micro-batch per process; the global batch is batch_size × grad_accum × processes."""
     grad_accum: int = Field(1, ge=1)
@@ -103,6 +109,24 @@ class TrainSection(_Section):
     """Stop after this many evaluations without a better eval loss."""
     log_every: int = Field(1, ge=1)
     """Append a line to metrics.jsonl every N steps."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_or_epochs(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        if values.get("max_steps") is not None and values.get("num_epochs") is not None:
+            raise ValueError("give train.max_steps or train.num_epochs, not both")
+        if values.get("max_steps") is None and values.get("num_epochs") is None:
+            values = {**values, "max_steps": DEFAULT_MAX_STEPS}
+        return values
+
+    def steps_for(self, rows: int, world: int = 1) -> int:
+        """Optimizer steps of this run over ``rows`` training sequences on ``world`` processes."""
+        if self.max_steps is not None:
+            return self.max_steps
+        per_step = self.batch_size * self.grad_accum * world
+        return max(1, math.ceil(self.num_epochs * rows / per_step))
     objective: Literal["sft", "dpo"] = "sft"
     """``sft``: next-token cross-entropy on responses; ``dpo``: preference pairs (``prompt``, ``chosen``,
     ``rejected``) with the base as reference, settings in the ``dpo:`` section."""
@@ -159,6 +183,13 @@ class RunConfig(_Section):
 
     def lora_config(self) -> LoraConfig:
         return LoraConfig(**self.lora)
+
+    def with_steps(self, rows: int, world: int = 1) -> "RunConfig":
+        """This config with ``train.num_epochs`` resolved to ``train.max_steps`` for ``rows`` training sequences."""
+        if self.train.max_steps is not None:
+            return self
+        train = self.train.model_dump() | {"max_steps": self.train.steps_for(rows, world), "num_epochs": None}
+        return self.model_copy(update={"train": TrainSection.model_validate(train)})
 
     def resolved(self) -> dict[str, Any]:
         """The full config with every default filled in (recorded in checkpoints and provenance)."""
@@ -217,8 +248,8 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
             raise ConfigError(f"--set {override!r}: {part!r} is not a section")
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+        node[parts[-1]] = parse_yaml(text, f"--set {key}") if text.strip() else None
+    except ConfigError:
         node[parts[-1]] = text
 
 

@@ -54,10 +54,10 @@ class Trainer:
     def __init__(self, model: nn.Module, tokenizer, config: RunConfig | dict | str, train_data: EncodedData,
                  eval_data: EncodedData | None = None, *, adapter: str = "default", callbacks: list[Callback] = (),
                  progress: bool = True) -> None:
-        self.config = load_config(config)
+        self.dist = distributed.setup()
+        self.config = load_config(config).with_steps(len(train_data), self.dist.world)
         self.model, self.tokenizer, self.adapter = model, tokenizer, adapter
         self.train_data, self.eval_data = train_data, eval_data
-        self.dist = distributed.setup()
         self.device = next(model.parameters()).device
         self.output = Path(self.config.output)
         self.precision = precision.resolve(self.config.train.precision, self.device.type)
@@ -93,6 +93,7 @@ class Trainer:
         info = distributed.setup()
         tokenizer = AutoTokenizer.from_pretrained(bases.resolve(cfg.base))
         train, evaluation = prepare_data(cfg, tokenizer, train_data, eval_data)
+        cfg = cfg.with_steps(len(train), info.world)
         model, tokenizer, variant_callbacks = build_model(cfg, info.device)
         callbacks = [*callbacks, *variant_callbacks]
         if cfg.train.gradient_checkpointing:

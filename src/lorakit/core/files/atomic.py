@@ -1,4 +1,10 @@
-"""Atomic writes: a crash leaves either the old content or the new, never a half-written file or directory."""
+"""Atomic writes: a crash leaves either the old content or the new, never a half-written file or directory.
+
+Files and directories end with the permissions an ordinary ``open``/``mkdir`` would give them under the
+process's umask (``0o666``/``0o777`` minus the umask), so a teammate or a server running as another user of
+the same group can read what lorakit writes; the temporary names (``mkstemp``'s 0600, ``mkdtemp``'s 0700) never
+leak into the result.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,19 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def current_umask() -> int:
+    """The process's umask, read from ``/proc/self/status`` where available (no change of process state)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:
@@ -24,6 +43,7 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -50,6 +70,7 @@ def directory(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
     try:
+        os.chmod(staging, 0o777 & ~current_umask())
         yield staging
         for child in staging.iterdir():
             if child.is_file():

@@ -1,0 +1,120 @@
+"""Reading a YAML run config strictly: what YAML would accept silently is an error here.
+
+- numbers in exponent form without a dot (``lr: 1e-4``) are floats, as YAML 1.2 and every user expects
+  (PyYAML's YAML 1.1 rules would read a string);
+- a key given twice in one mapping (also a whole section written twice) is refused with both line numbers,
+  where PyYAML would keep the last value;
+- alias expansion is bounded (:data:`MAX_ALIASES` uses, :data:`MAX_NODES` nodes once expanded; a recursive alias
+  is refused), so a "billion laughs" file fails at once with a short message;
+- the path must be a regular file (a FIFO or a device is refused, never waited on), at most :data:`MAX_BYTES`
+  bytes of UTF-8 text (a bad byte is reported as ``file:line``).
+
+Errors are :class:`~lorakit.core.errors.ConfigError` starting with ``file:line``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lorakit.core.errors import ConfigError
+from lorakit.core.files.text import read_utf8
+
+MAX_BYTES = 1 << 20
+"""Largest config file read, in bytes."""
+MAX_ALIASES = 100
+"""Most alias uses (``*name``) in one file."""
+MAX_NODES = 10_000
+"""Most YAML nodes once every alias is expanded."""
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys and counting alias uses."""
+
+    def __init__(self, stream: str, source: str) -> None:
+        super().__init__(stream)
+        self.source, self.aliases = source, 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                line = self.peek_event().start_mark.line + 1
+                raise ConfigError(f"{self.source}:{line}: more than {MAX_ALIASES} alias uses (*name); write the values out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                if key in first_line:
+                    raise ConfigError(f"{self.source}:{line}: duplicate key {key!r} (first given at line "
+                                      f"{first_line[key]}); keep one of them")
+                first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                   |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _expanded_size(node, sizes: dict[int, int], open_nodes: set[int], source: str) -> int:
+    """Nodes in ``node`` with every alias written out (memoised; a cycle is a recursive alias)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise ConfigError(f"{source}:{node.start_mark.line + 1}: a recursive alias (a value that contains itself)")
+    open_nodes.add(id(node))
+    children = node.value if isinstance(node, yaml.SequenceNode) else (
+        [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else [])
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, open_nodes, source)
+        if total > MAX_NODES:
+            raise ConfigError(f"{source}: aliases expand to more than {MAX_NODES} values; write the config out without "
+                              "nested aliases")
+    open_nodes.discard(id(node))
+    sizes[id(node)] = total
+    return total
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """The value of one YAML document, read strictly (see the module docstring)."""
+    loader = _StrictLoader(text, source)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set(), source)
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{source}{line}: invalid YAML ({problem})") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file (``{}`` for an empty file)."""
+    raw = parse_yaml(read_utf8(path, "config file", ConfigError, max_bytes=MAX_BYTES), str(path))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of keys (base, lora, data, train, output), "
+                          f"got {type(raw).__name__}")
+    return raw
