@@ -1,6 +1,10 @@
 """Serving many adapters over one base: G1, G2, G3, L1, L2, S1, S2 (../shared/BENCHMARKS.md) on SmolLM2-135M.
 
     .venv/bin/python bench/serve.py [--pairs 3] [--threads 1] [--requests 96] [--write-docs]
+    .venv/bin/python bench/serve.py --smoke      # a tiny random base, 10 adapters, one pair: checks the script runs
+
+Run it on a quiet machine: the table prints the load average (before and after), and a busy machine skews
+every ratio.
 
 Adapters are random r=16, α=32 on q,k,v,o,gate,up,down (19.6 MB each in fp32), written to a temporary directory.
 Contender and reference alternate in one process (A B A B …) and each figure is the median of the per-pair
@@ -160,7 +164,7 @@ def bench_load(engine, paths: list[Path], pairs: int) -> list[float]:
 def bench_switch(engine, rows: int = 8, repeats: int = 100) -> float:
     """Median ms to move a batch of ``rows`` from one resident adapter to the other, as the engine does: a new
     routing (reusing the adapter's plans), set on every LoRA layer, and each layer's plan looked up or built."""
-    from lorakit.layers import RowRouting, routed
+    from lorakit.core.layers import RowRouting, routed
     from lorakit.serve.batch import _route
 
     times = []
@@ -211,6 +215,21 @@ def serve_in_thread(app):
     while not server.started:
         time.sleep(0.05)
     return server, f"http://127.0.0.1:{port}"
+
+
+def tiny_model():
+    """A 2-layer random Llama (hidden 64) speaking the default model's tokenizer, for ``--smoke``."""
+    import lorakit as lk
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(lk.bases.resolve(lk.bases.DEFAULT_BASE))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)
+    model = LlamaForCausalLM(config).eval()
+    model.config.name_or_path = "tiny-smoke"
+    return model, tokenizer
 
 
 def bench_server(engine, pairs: int, requests: int, clients: int = 64) -> dict:
@@ -279,13 +298,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny random base, 10 adapters, 1 pair, 16 requests "
+                                                             "(checks the script end to end; numbers mean nothing)")
     args = parser.parse_args()
+    global N_ADAPTERS
+    if args.smoke:
+        N_ADAPTERS, args.pairs, args.requests, args.write_docs = 10, 1, 16, False
+    print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     torch.set_num_threads(args.threads)
     import lorakit as lk
     from lorakit.serve import Engine
 
     began = time.perf_counter()
-    model, tokenizer = lk.bases.load()
+    model, tokenizer = tiny_model() if args.smoke else lk.bases.load()
     merged = copy.deepcopy(model)
     with tempfile.TemporaryDirectory(prefix="lorakit-bench-serve-") as tmp:
         paths = make_adapters(copy.deepcopy(model), Path(tmp), N_ADAPTERS)
@@ -297,7 +322,7 @@ def main() -> None:
             engine.cache.register(f"ad{i}", path, load=i < 8)
         from peft import PeftModel
 
-        peft_base, _ = lk.bases.load()
+        peft_base = tiny_model()[0] if args.smoke else lk.bases.load()[0]
         peft_model = PeftModel.from_pretrained(peft_base, str(paths[0]), adapter_name="ad0")
         for i in range(1, 8):
             peft_model.load_adapter(str(paths[i]), adapter_name=f"ad{i}")
@@ -310,10 +335,10 @@ def main() -> None:
         l2 = bench_switch(engine)
         print(f"  L2: {l2:.3f} ms", flush=True)
         print("server (S1, S2)", flush=True)
-        s = bench_server(engine, args.pairs, args.requests)
+        s = bench_server(engine, args.pairs, args.requests, clients=8 if args.smoke else 64)
     text = table(g, l1, l2, s, args.requests)
-    header = (f"Command: `.venv/bin/python bench/serve.py --pairs {args.pairs} --threads {args.threads} "
-              f"--requests {args.requests} --write-docs` ({time.perf_counter() - began:.0f} s)\n\n"
+    command = "--smoke" if args.smoke else f"--pairs {args.pairs} --threads {args.threads} --requests {args.requests} --write-docs"
+    header = (f"Command: `.venv/bin/python bench/serve.py {command}` ({time.perf_counter() - began:.0f} s)\n\n"
               f"Machine: {machine()}\n\n")
     print(header + text)
     if args.write_docs:

@@ -59,9 +59,9 @@ def one_variant(variant: str, steps: int, test_rows: int, out: Path) -> dict:
     import torch
 
     import lorakit as lk
-    from lorakit import quant
+    from lorakit.core import quant
     from lorakit.data.demo_task import make_demo_task
-    from lorakit.quickstart import SPLITS, evaluate_task
+    from lorakit.cli.quickstart import SPLITS, evaluate_task
     from lorakit.train import Trainer, precision
 
     task = make_demo_task(*SPLITS["real"])
@@ -95,7 +95,7 @@ def one_variant(variant: str, steps: int, test_rows: int, out: Path) -> dict:
 def footprint() -> str:
     """Q1 and Q1b alone: the default model loaded as NF4, no training."""
     import lorakit as lk
-    from lorakit import quant
+    from lorakit.core import quant
 
     model, _ = lk.bases.load("smollm2-135m-instruct", quantize="nf4")
     quantised, fp32 = quant.quantized_footprint(model)
@@ -150,7 +150,7 @@ def checkpointing_table() -> str:
 def nf4_merge(adapter: str) -> str:
     """Merge a trained adapter into the NF4 default model, kept float and re-quantised: the output change each time."""
     import lorakit as lk
-    from lorakit.merge_quantized import merge_quantized, sample_batch
+    from lorakit.core.merge_quantized import merge_quantized, sample_batch
 
     lines = ["| merge into NF4 | max abs Δlogit | mean KL (nats/token) |", "|---|---:|---:|"]
     for requantize in (False, True):

@@ -40,7 +40,7 @@ def token_batch(batch: int = 2, length: int = 8, vocab: int = 96, seed: int = 1)
 
 def randomize_adapter(model, name: str = "default", scale: float = 0.1, seed: int = 3) -> None:
     """Give adapter ``name`` non-zero B (and A) so it changes outputs, as training would."""
-    from lorakit.model import adapter_parameters
+    from lorakit.core.model import adapter_parameters
 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -9,8 +9,8 @@ import torch
 
 import lorakit as lk
 from lorakit.algebra import combine, load
-from lorakit.errors import AdapterMismatchError, BaseMismatchError, ConfigError
-from lorakit.model import lora_layers
+from lorakit.core.errors import AdapterMismatchError, BaseMismatchError, ConfigError
+from lorakit.core.model import lora_layers
 from tests.helpers import logits, randomize_adapter, tiny_llama, token_batch
 
 WEIGHTS = [0.7, -0.4]
@@ -208,7 +208,7 @@ def test_bad_arguments_give_their_errors(pair, tmp_path):
 
 
 def test_modules_of_different_shapes_are_refused(tmp_path):
-    from lorakit.io import read_adapter, write_adapter
+    from lorakit.core.files import read_adapter, write_adapter
 
     a = _adapter(tmp_path / "a", 4, 8, ["q_proj"], seed=1)
     files = read_adapter(a)

@@ -52,7 +52,7 @@ def test_serve_adapter_option_accepts_paths_and_registry_references():
 def test_lorakit_train_registers_its_adapter_when_a_registry_is_configured(tmp_path):
     import yaml
 
-    from lorakit.quickstart import tiny_base
+    from lorakit.cli.quickstart import tiny_base
 
     rows = [{"prompt": f"Q{i}: colour?", "completion": f" {c}"} for i, c in enumerate(["red", "blue"] * 4)]
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")

@@ -10,8 +10,8 @@ import torch
 
 import lorakit as lk
 from lorakit.algebra import compress, load, output_kl
-from lorakit.errors import ConfigError
-from lorakit.model import lora_layers
+from lorakit.core.errors import ConfigError
+from lorakit.core.model import lora_layers
 from tests.helpers import logits, randomize_adapter, tiny_llama, token_batch
 from tests.helpers import run_cli
 from tests.test_export_merge import adapter_on, tiny_base_dir

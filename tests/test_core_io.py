@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import lorakit as lk
-from lorakit.errors import AdapterFileError, AdapterMismatchError, AdapterStateError, BaseMismatchError
+from lorakit.core.errors import AdapterFileError, AdapterMismatchError, AdapterStateError, BaseMismatchError
 from tests.helpers import logits, randomize_adapter, tiny_bert, tiny_gpt2, tiny_llama, token_batch
 
 ATOL = 1e-5
@@ -60,7 +60,7 @@ def test_overwriting_an_adapter_is_atomic(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("lorakit.io.safetensors_bytes", crash)
+    monkeypatch.setattr("lorakit.core.files.save.safetensors_bytes", crash)
     with pytest.raises(RuntimeError):
         lk.save_adapter(model, path)
     assert (path / "adapter_model.safetensors").read_bytes() == before

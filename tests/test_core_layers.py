@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import lorakit as lk
-from lorakit.errors import AdapterStateError, ConfigError, MergeError, TargetNotFoundError
-from lorakit.layers import LoraEmbedding, LoraLinear
+from lorakit.core.errors import AdapterStateError, ConfigError, MergeError, TargetNotFoundError
+from lorakit.core.layers import LoraEmbedding, LoraLinear
 from tests.helpers import logits, randomize_adapter, tiny_gpt2, tiny_llama, token_batch
 
 ATOL = 1e-5

@@ -8,12 +8,12 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from lorakit import bases
+from lorakit.core import bases
 from lorakit.data import collate, encode_rows, load_rows, pack, to_example
 from lorakit.data.demo_task import (CATEGORIES, PRODUCTS, TEST_TEMPLATES, TRAIN_TEMPLATES, URGENCIES, answer,
                                     make_demo_task)
 from lorakit.data.encode import IGNORE
-from lorakit.errors import DataError
+from lorakit.core.errors import DataError
 
 CHAT = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
                      {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"},

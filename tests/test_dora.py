@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lorakit as lk
-from lorakit.errors import ConfigError
+from lorakit.core.errors import ConfigError
 from tests.helpers import logits, randomize_adapter, tiny_gpt2, tiny_llama, token_batch
 
 ATOL = 1e-5

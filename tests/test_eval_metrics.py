@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lorakit.errors import ConfigError, DataError
+from lorakit.core.errors import ConfigError, DataError
 from lorakit.eval import metrics as m
 from lorakit.eval.report import best_columns, format_value
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from lorakit.errors import ConfigError, DataError
+from lorakit.core.errors import ConfigError, DataError
 from lorakit.eval.data import load_rows
 from lorakit.eval.regression import RegressionScores, Thresholds, gate_failures, load_regression_set, parse_thresholds
 from lorakit.eval.report import EvalReport

@@ -12,7 +12,7 @@ import torch
 import lorakit as lk
 from lorakit.algebra import combine, export_merged
 from lorakit.algebra.export import parse_weighted
-from lorakit.errors import BaseMismatchError, ConfigError, MergeError
+from lorakit.core.errors import BaseMismatchError, ConfigError, MergeError
 from tests.helpers import randomize_adapter, run_cli, tiny_llama
 
 
@@ -109,7 +109,7 @@ def test_dtype_option_and_safe_merge(base, tmp_path):
 
 
 def test_broken_or_foreign_adapters_are_refused(base, tmp_path):
-    from lorakit.io import read_adapter, write_adapter
+    from lorakit.core.files import read_adapter, write_adapter
 
     adapter = adapter_on(base, tmp_path / "a", ["q_proj"], seed=1)
     files = read_adapter(adapter)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import lorakit as lk
-from lorakit import quant
-from lorakit.errors import ConfigError
+from lorakit.core import quant
+from lorakit.core.errors import ConfigError
 from tests.helpers import logits, tiny_gpt2, tiny_llama, token_batch
 
 INITS = ["pissa", "pissa_niter_4", "olora"]

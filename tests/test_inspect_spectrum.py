@@ -10,7 +10,7 @@ import torch
 import lorakit as lk
 from lorakit.algebra import factor_svd, inspect, load, rank_for_energy
 from lorakit.algebra.plot import plot_spectrum
-from lorakit.io import write_adapter
+from lorakit.core.files import write_adapter
 from tests.helpers import randomize_adapter, run_cli, tiny_llama
 
 

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import lorakit as lk
-from lorakit import quant
-from lorakit.errors import ConfigError
-from lorakit.merge_quantized import merge_quantized
+from lorakit.core import quant
+from lorakit.core.errors import ConfigError
+from lorakit.core.merge_quantized import merge_quantized
 from tests.helpers import logits, randomize_adapter, tiny_bert, tiny_llama, token_batch
 
 

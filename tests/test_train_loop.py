@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lorakit import bases
-from lorakit.errors import TrainingError
-from lorakit.quickstart import tiny_base
+from lorakit.core import bases
+from lorakit.core.errors import TrainingError
+from lorakit.cli.quickstart import tiny_base
 from lorakit.train import Callback, Trainer, train
 from lorakit.train.checkpoint import list_checkpoints
 

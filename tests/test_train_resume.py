@@ -19,8 +19,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from lorakit import bases
-from lorakit.quickstart import tiny_base
+from lorakit.core import bases
+from lorakit.cli.quickstart import tiny_base
 
 ROWS = [{"prompt": f"Q{i}: colour of item {i}?", "completion": f" item {i} is {c}"}
         for i, c in enumerate(["red", "blue", "green", "black", "white"] * 3)]

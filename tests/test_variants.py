@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import lorakit as lk
-from lorakit import quant
-from lorakit.errors import ConfigError
+from lorakit.core import quant
+from lorakit.core.errors import ConfigError
 from lorakit.train.bnb_optim import make_8bit_optimizer
 from lorakit.train.optim import make_optimizer, param_groups
 from tests.helpers import logits, randomize_adapter, tiny_llama, token_batch

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import lorakit as lk
-from lorakit import quant
+from lorakit.core import quant
 from lorakit.data.demo_task import make_demo_task
-from lorakit.quickstart import tiny_base
+from lorakit.cli.quickstart import tiny_base
 from lorakit.train import Trainer
 
 MODULES = 14  # 7 projections × 2 blocks of the tiny base

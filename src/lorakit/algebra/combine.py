@@ -25,7 +25,7 @@ from lorakit.algebra import writer
 from lorakit.algebra.factors import Adapter, LowRank, load, parent_record, reject_dora
 from lorakit.algebra.prune import ELEMENTWISE_METHODS, SIGN_METHODS, merge_elementwise
 from lorakit.algebra.spectrum import factor_svd
-from lorakit.errors import AdapterMismatchError, BaseMismatchError, ConfigError
+from lorakit.core.errors import AdapterMismatchError, BaseMismatchError, ConfigError
 
 METHODS = ("cat", "linear", "svd") + ELEMENTWISE_METHODS
 

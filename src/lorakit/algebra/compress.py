@@ -19,8 +19,8 @@ from torch import nn
 from lorakit.algebra import writer
 from lorakit.algebra.factors import Adapter, LowRank, load, parent_record, reject_dora
 from lorakit.algebra.spectrum import factor_svd, rank_for_energy
-from lorakit.errors import ConfigError
-from lorakit.peft_format import WEIGHTS_FILE
+from lorakit.core.errors import ConfigError
+from lorakit.core.files.peft_format import WEIGHTS_FILE
 
 
 @dataclass
@@ -88,9 +88,9 @@ def output_kl(model: nn.Module, original: str | Path, compressed: str | Path, in
     Both adapters are loaded into ``model`` for the measurement and removed again afterwards (a model that
     had no adapters before is unloaded back to its plain modules).
     """
-    from lorakit.io import load_adapter
-    from lorakit.merge import unload
-    from lorakit.model import adapter_names, delete_adapter, set_active
+    from lorakit.core.files import load_adapter
+    from lorakit.core.merge import unload
+    from lorakit.core.model import adapter_names, delete_adapter, set_active
 
     had_adapters = bool(adapter_names(model))
     load_adapter(model, original, name="kl_original")

@@ -18,14 +18,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lorakit import __version__, atomic, bases
+from lorakit._version import __version__
+from lorakit.core.files import atomic
+from lorakit.core import bases
 from lorakit.algebra.factors import base_of, load, parent_record
-from lorakit.errors import ConfigError, MergeError
-from lorakit.io import load_adapter
-from lorakit.layers import LoraLayer, ModulesToSave
-from lorakit.merge import merge_and_unload
-from lorakit.model import lora_layers
-from lorakit.targeting import unwrap
+from lorakit.core.errors import ConfigError, MergeError
+from lorakit.core.files import load_adapter
+from lorakit.core.layers import LoraLayer, ModulesToSave
+from lorakit.core.merge import merge_and_unload
+from lorakit.core.model import lora_layers
+from lorakit.core.targeting import unwrap
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROVENANCE_FILE = "lorakit_merge.json"

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from lorakit.errors import AdapterFileError, ConfigError
-from lorakit.io import AdapterFiles, read_adapter
-from lorakit.peft_format import PREFIX, WEIGHTS_FILE
+from lorakit.core.errors import AdapterFileError, ConfigError
+from lorakit.core.files import AdapterFiles, read_adapter
+from lorakit.core.files.peft_format import PREFIX, WEIGHTS_FILE
 
 _SUFFIXES = {  # PEFT key suffix -> (factor, kind)
     ".lora_A.weight": ("A", "linear"),
@@ -140,7 +140,7 @@ def reject_dora(adapter: Adapter, operation: str) -> None:
 def base_of(files: AdapterFiles, override: str | None = None) -> str:
     """The base model an adapter belongs to: ``override``, else ``lorakit.json``'s base, else the PEFT config's,
     else the embedded default."""
-    from lorakit.bases import DEFAULT_BASE
+    from lorakit.core.bases import DEFAULT_BASE
 
     return (override or files.meta.get("base", {}).get("name_or_path") or files.raw_config.get("base_model_name_or_path")
             or DEFAULT_BASE)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lorakit import atomic
+from lorakit.core.files import atomic
 from lorakit.algebra.spectrum import KIND_ORDER, Spectrum
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lorakit.algebra.factors import Adapter, LowRank, load
-from lorakit.targeting import layer_index
+from lorakit.core.targeting import layer_index
 
 ENERGY_LEVELS = (0.9, 0.99)
 KIND_ORDER = ("q", "k", "v", "o", "gate", "up", "down")

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from lorakit import __version__
+from lorakit._version import __version__
 from lorakit.algebra.factors import Adapter, LowRank, module_key
-from lorakit.config import LoraConfig
-from lorakit.io import write_adapter
-from lorakit.peft_format import config_to_peft
+from lorakit.core.config import LoraConfig
+from lorakit.core.files import write_adapter
+from lorakit.core.files.peft_format import config_to_peft
 
 
 def _targets(parents: list[Adapter], modules: list[str]) -> dict[str, Any]:

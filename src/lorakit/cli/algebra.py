@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from lorakit.cli.app import app
-from lorakit.errors import ConfigError
+from lorakit.core.errors import ConfigError
 
 SAMPLE_PROMPTS = [
     "The capital of France is",
@@ -139,7 +139,7 @@ def compress(
     sample: bool = typer.Option(True, "--sample/--no-sample", help="Measure KL(original ‖ compressed) on sample prompts."),
 ) -> None:
     """Re-factor each module's ΔW at the smallest rank keeping the energy (or at a given rank)."""
-    from lorakit import bases
+    from lorakit.core import bases
     from lorakit.algebra.compress import compress as run, output_kl
     from lorakit.algebra.factors import base_of, load
 

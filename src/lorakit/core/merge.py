@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from lorakit.errors import AdapterStateError
-from lorakit.layers import LoraLayer, ModulesToSave
-from lorakit.model import active_adapters, adapter_state, lora_layers
+from lorakit.core.errors import AdapterStateError
+from lorakit.core.layers import LoraLayer, ModulesToSave
+from lorakit.core.model import active_adapters, adapter_state, lora_layers
 
 
 def _resolve(model: nn.Module, names: str | list[str] | None) -> list[str]:
@@ -33,7 +33,7 @@ def merge(model: nn.Module, names: str | list[str] | None = None, *, safe: bool 
 
     Merging an adapter that is already merged raises; with ``safe`` a merge that would produce NaN/inf
     raises before any weight of that layer is written. A quantised (NF4/int8) base is dequantised and merged
-    in fp32; the merged layer stays in float unless ``requantize`` (see ``lorakit.merge_quantized`` for the
+    in fp32; the merged layer stays in float unless ``requantize`` (see ``lorakit.core.merge_quantized`` for the
     rounding cost).
     """
     names = _resolve(model, names)

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorakit.merge import merge
-from lorakit.model import lora_layers
-from lorakit.quant import is_quantized
+from lorakit.core.merge import merge
+from lorakit.core.model import lora_layers
+from lorakit.core.quant import is_quantized
 
 
 @dataclass

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lorakit.bases import fingerprint
-from lorakit.config import LoraConfig
-from lorakit.errors import AdapterStateError, ConfigError
-from lorakit.layers import LoraEmbedding, LoraLayer, LoraLinear, ModulesToSave, RowRouting
-from lorakit.layers.dora import init_magnitude
-from lorakit.targeting import find_saved_modules, find_targets, is_linear, unwrap
+from lorakit.core.bases import fingerprint
+from lorakit.core.config import LoraConfig
+from lorakit.core.errors import AdapterStateError, ConfigError
+from lorakit.core.layers import LoraEmbedding, LoraLayer, LoraLinear, ModulesToSave, RowRouting
+from lorakit.core.layers.variants.dora import init_magnitude
+from lorakit.core.targeting import find_saved_modules, find_targets, is_linear, unwrap
 
 
 @dataclass

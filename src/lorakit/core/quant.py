@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.core.errors import ConfigError, ModelLoadError
+from lorakit.core.modules import Wrapper, output_head
 
 QUANT_KINDS = ("nf4", "int8")
 NF4_BLOCKSIZE = 64
@@ -51,16 +52,12 @@ def quantize_model(model: nn.Module, kind: str, *, compute_dtype: torch.dtype | 
     weights (PiSSA/OLoRA, so that the residual is what gets rounded) may be quantised afterwards — the
     linears inside the LoRA wrappers are quantised, adapter weights and trained copies stay float.
     """
-    from lorakit.layers import LoraLayer
-    from lorakit.targeting import unwrap
-
     if kind not in QUANT_KINDS:
         raise ConfigError(f"quantize must be one of {', '.join(QUANT_KINDS)} or None, got {kind!r}")
-    if any(isinstance(m, LoraLayer) and m.merged for m in model.modules()):
+    if any(isinstance(m, Wrapper) and getattr(m, "merged", ()) for m in model.modules()):
         raise ConfigError("cannot quantise a model with merged adapters; unmerge first")
     _bnb()
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    head = unwrap(head) if head is not None else None
+    head = output_head(model)
     device = next(model.parameters()).device
     if kind == "int8" and device.type not in ("cpu", "cuda", "xpu"):
         raise ConfigError(f"int8 (LLM.int8) is not supported by bitsandbytes on {device.type}; use nf4 or no quantisation")

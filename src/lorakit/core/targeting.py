@@ -12,18 +12,15 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from lorakit.config import ALL_LINEAR, LoraConfig
-from lorakit.errors import ConfigError, TargetNotFoundError
-from lorakit.layers import LoraLayer, ModulesToSave
+from lorakit.core.config import ALL_LINEAR, LoraConfig
+from lorakit.core.errors import ConfigError, TargetNotFoundError
+from lorakit.core.modules import WRAPPER_PARTS, Wrapper, is_linear, output_head, unwrap
+
+__all__ = ["find_targets", "find_saved_modules", "is_adaptable", "is_linear", "layer_index", "logical_modules",
+           "name_matches", "unwrap"]
 
 LAYER_LIST_NAMES = ("layers", "h", "block", "blocks", "layer")
 _TASK_HEAD_NAMES = ("classifier", "score")  # PEFT adds both for SEQ_CLS whichever the model has
-_WRAPPER_PARTS = (".base_layer", ".original_module", ".modules_to_save.")
-
-
-def is_linear(module: nn.Module) -> bool:
-    """nn.Linear and its subclasses (bitsandbytes' quantised linears are ones) or transformers' Conv1D."""
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
 def is_adaptable(module: nn.Module) -> bool:
@@ -33,16 +30,8 @@ def is_adaptable(module: nn.Module) -> bool:
 def logical_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """``(name, module)`` as the user sees the model: a LoRA wrapper stands for the layer it wraps."""
     for name, module in model.named_modules():
-        if name and not any(part in name + "." for part in _WRAPPER_PARTS):
+        if name and not any(part in name + "." for part in WRAPPER_PARTS):
             yield name, module
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    if isinstance(module, LoraLayer):
-        return module.base_layer
-    if isinstance(module, ModulesToSave):
-        return module.original_module
-    return module
 
 
 def name_matches(name: str, pattern: list[str] | str | None) -> bool:
@@ -66,15 +55,15 @@ def layer_index(name: str, layers_pattern: str | None) -> int | None:
 
 def find_targets(model: nn.Module, config: LoraConfig) -> list[str]:
     """Names of the modules ``config`` adapts, in model order. Raises when nothing matches."""
-    output_head = _output_head(model)
+    head = output_head(model)
     saved = config.modules_to_save or []
     targets = []
     for name, module in logical_modules(model):
         base = unwrap(module)
-        if name_matches(name, saved) or isinstance(module, ModulesToSave):
+        if name_matches(name, saved) or (isinstance(module, Wrapper) and module.trains_whole_module):
             continue
         if config.targets == ALL_LINEAR:
-            if not is_linear(base) or base is output_head:
+            if not is_linear(base) or base is head:
                 continue
         elif not name_matches(name, config.targets):
             continue
@@ -104,12 +93,6 @@ def find_saved_modules(model: nn.Module, config: LoraConfig) -> list[str]:
             raise TargetNotFoundError(f"modules_to_save entry {key!r} matches no module; {_suggest(model, key)}")
         names.extend(found)
     return names
-
-
-def _output_head(model: nn.Module) -> nn.Module | None:
-    getter = getattr(model, "get_output_embeddings", None)
-    head = getter() if callable(getter) else None
-    return unwrap(head) if head is not None else None
 
 
 def _suggest(model: nn.Module, key: str) -> str:

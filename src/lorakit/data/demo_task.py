@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorakit import atomic
+from lorakit.core.files import atomic
 
 # Products are named by the same words in every split: the label is the product, the skill is reading it out
 # of new sentences. Categories and urgencies are where the held-out phrasings differ.

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.data.load import load_rows as load_data_rows
-from lorakit.errors import DataError
+from lorakit.core.errors import DataError
 from lorakit.eval.generate import Prompt
 
 _REFERENCE_KEYS = ("reference", "completion", "output", "response")

@@ -9,7 +9,7 @@ from torch import nn
 
 from lorakit.eval.generate import Prompt, pad_id, prompt_ids
 from lorakit.eval.scoring import right_pad
-from lorakit.model import disabled
+from lorakit.core.model import disabled
 
 
 @torch.inference_mode()

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from lorakit.errors import ConfigError, DataError
+from lorakit.core.errors import ConfigError, DataError
 from lorakit.eval.choice import choice_accuracy
 from lorakit.eval.data import EvalRow, parse_row, read_rows
 from lorakit.eval.drift import drift_kl

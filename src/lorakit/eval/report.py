@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorakit import __version__, atomic
+from lorakit._version import __version__
+from lorakit.core.files import atomic
 from lorakit.eval.data import EvalRow
 
 BASE = "base"

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorakit import bases
-from lorakit.errors import ConfigError
+from lorakit.core import bases
+from lorakit.core.errors import ConfigError
 from lorakit.eval.data import EvalRow, load_rows
 from lorakit.eval.generate import generate
 from lorakit.eval.regression import (RegressionScores, RegressionSet, Thresholds, gate_failures, load_regression_set,
@@ -24,8 +24,8 @@ from lorakit.eval.regression import (RegressionScores, RegressionSet, Thresholds
 from lorakit.eval.report import BASE, EvalReport, sample_rows
 from lorakit.eval.spec import TaskSpec, load_spec
 from lorakit.eval.task import plan_task, score_likelihoods, score_outputs
-from lorakit.io import load_adapter
-from lorakit.model import active_adapters, adapter_names, disabled, set_active
+from lorakit.core.files import load_adapter
+from lorakit.core.model import active_adapters, adapter_names, disabled, set_active
 
 
 @contextlib.contextmanager
@@ -76,7 +76,7 @@ def evaluate(base: str | tuple[nn.Module, Any] = bases.DEFAULT_BASE,
              log: Callable[[str], None] | None = None) -> EvalReport:
     """Evaluate the base and every adapter on ``data`` (task metrics) and on the general sets (regression).
 
-    ``base``: a model name or directory for :func:`lorakit.bases.load`, or a ``(model, tokenizer)`` pair.
+    ``base``: a model name or directory for :func:`lorakit.core.bases.load`, or a ``(model, tokenizer)`` pair.
     ``adapters``: ``{name: directory or registry:ref}`` loaded beside the base, or names already on the model.
     ``data``: an evaluation file (see :mod:`lorakit.eval.data`) or a list of :class:`EvalRow`.
     ``task``: a :class:`TaskSpec` or its YAML; ``regression``: ``"default"``, a regression YAML, a

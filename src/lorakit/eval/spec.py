@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from lorakit.errors import ConfigError
+from lorakit.core.errors import ConfigError
 
 METRIC_GROUPS = {
     "exact_match": "output equals the reference (surrounding whitespace ignored)",

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from lorakit.errors import DataError
+from lorakit.core.errors import DataError
 from lorakit.eval import metrics as m
 from lorakit.eval.choice import choice_logprobs, predicted_choices
 from lorakit.eval.data import EvalRow

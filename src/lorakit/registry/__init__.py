@@ -1,8 +1,9 @@
 """The adapter registry: provenance (base, datasets, metrics, lineage) and governance (status, audit) for every
 adapter, in SQLite at ``LORAKIT_HOME/registry.db`` by default or in PostgreSQL by URL (``LORAKIT_REGISTRY``).
 
-Importing this package is cheap (SQLAlchemy loads on first use) and makes ``registry:NAME[@VERSION|@STATUS]``
-a source :func:`lorakit.load_adapter` and :func:`lorakit.read_adapter` accept.
+Importing this package is cheap (SQLAlchemy loads on first use). :func:`resolve` is declared as the
+``registry`` adapter source (entry point group ``lorakit.adapter_sources``), so ``registry:NAME[@VERSION|@STATUS]``
+is a source :func:`lorakit.load_adapter` and :func:`lorakit.read_adapter` accept.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from lorakit.io import register_resolver
 
 if TYPE_CHECKING:
     from lorakit.registry.records import AdapterRecord
@@ -27,7 +26,7 @@ def resolve(ref: str, url: str | None = None) -> Path:
     The base fingerprint in the (verified) ``lorakit.json`` is then checked against the model by
     :func:`lorakit.load_adapter`, which refuses a mismatch naming both fingerprints.
     """
-    from lorakit.errors import AdapterFileError
+    from lorakit.core.errors import AdapterFileError
     from lorakit.registry.checks import describe, file_problems
     from lorakit.registry.store import Registry
 
@@ -67,5 +66,3 @@ def __getattr__(name: str) -> Any:
         return AdapterRecord
     raise AttributeError(f"module 'lorakit.registry' has no attribute {name!r}")
 
-
-register_resolver("registry", resolve)

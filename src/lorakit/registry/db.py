@@ -19,8 +19,8 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from lorakit.bases import lorakit_home
-from lorakit.errors import RegistryError
+from lorakit.core.bases import lorakit_home
+from lorakit.core.errors import RegistryError
 
 DEFAULT_FILE = "registry.db"
 BUSY_TIMEOUT_MS = 30_000

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from lorakit.errors import RegistryError
+from lorakit.core.errors import RegistryError
 from lorakit.registry.records import dataset_dict
 from lorakit.registry.schema import Adapter, AdapterDataset, Dataset, LineageEdge
 from lorakit.registry.store import lookup

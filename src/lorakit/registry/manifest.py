@@ -23,10 +23,10 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
-from lorakit.bases import DEFAULT_BASE, default_cache_dir
-from lorakit.errors import AdapterFileError
-from lorakit.io import read_adapter
-from lorakit.peft_format import CONFIG_FILE, WEIGHTS_FILE
+from lorakit.core.bases import DEFAULT_BASE, default_cache_dir
+from lorakit.core.errors import AdapterFileError
+from lorakit.core.files import read_adapter
+from lorakit.core.files.peft_format import CONFIG_FILE, WEIGHTS_FILE
 
 _CHUNK = 1 << 20
 

@@ -4,7 +4,7 @@ Each row's prompt is left-padded to the longest in the batch; ``mask: (batch, le
 and ``positions: (batch,)`` is each row's next position id (its number of real tokens), so every row computes
 exactly what it would alone. Batches join by left-padding the shorter KV cache (``(batch, heads, length, dim)``
 per layer) and concatenating rows; rows leave by selection, and columns that no remaining row uses are
-dropped. Each batch carries one :class:`~lorakit.layers.RowRouting` (row → adapter) for all LoRA layers;
+dropped. Each batch carries one :class:`~lorakit.core.layers.RowRouting` (row → adapter) for all LoRA layers;
 ``solo_plans`` (adapter name → plans) lets every batch whose rows all use one adapter reuse that adapter's plans.
 """
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from lorakit.layers import RowRouting
+from lorakit.core.layers import RowRouting
 
 
 class Batch:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from torch import nn
 
-from lorakit import io
-from lorakit.errors import AdapterFileError, AdapterStateError, LorakitError
-from lorakit.layers import LoraLinear
-from lorakit.model import adapter_state, delete_adapter, lora_layers
-from lorakit.peft_format import PREFIX
+from lorakit.core import files as io
+from lorakit.core.errors import AdapterFileError, AdapterStateError, LorakitError
+from lorakit.core.layers import LoraLinear
+from lorakit.core.model import adapter_state, delete_adapter, lora_layers
+from lorakit.core.files.peft_format import PREFIX
 
 
 class CacheFullError(LorakitError):

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from lorakit.adalora import AdaLoraConfig, RankAllocator, kept_ranks, orthogonality_penalty
+from lorakit.core.layers.variants.adalora import kept_ranks, orthogonality_penalty
+from lorakit.train.adalora_budget import AdaLoraConfig, RankAllocator
 from lorakit.train.callbacks import Callback
 
 if TYPE_CHECKING:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lorakit.errors import ConfigError
-from lorakit.model import lora_layers
+from lorakit.core.errors import ConfigError
+from lorakit.core.model import lora_layers
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lorakit.errors import ConfigError
+from lorakit.core.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
 

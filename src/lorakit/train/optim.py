@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lorakit.model import adapter_parameters
+from lorakit.core.model import adapter_parameters
 from lorakit.train.bnb_optim import make_8bit_optimizer
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lorakit import bases
-from lorakit.adalora import inject_adalora
-from lorakit.model import inject
-from lorakit.quant import quantize_model
+from lorakit.core import bases
+from lorakit.core.layers.variants.adalora import inject_adalora
+from lorakit.core.model import inject
+from lorakit.core.quant import quantize_model
 from lorakit.train.adalora import AdaLoraCallback
 from lorakit.train.callbacks import Callback
 from lorakit.train.config import RunConfig

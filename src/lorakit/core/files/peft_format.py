@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorakit.config import ALL_LINEAR, LoraConfig
-from lorakit.errors import AdapterFileError
+from lorakit.core.config import ALL_LINEAR, LoraConfig
+from lorakit.core.errors import AdapterFileError
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"

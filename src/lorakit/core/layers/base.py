@@ -7,7 +7,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from lorakit.errors import AdapterStateError, MergeError
+from lorakit.core.errors import AdapterStateError, MergeError
+from lorakit.core.modules import Wrapper
 
 
 class RowRouting:
@@ -32,7 +33,7 @@ class RowRouting:
         self.groups = {name: torch.tensor(rows, dtype=torch.long, device=device) for name, rows in rows_by_name.items()}
 
 
-class LoraLayer(nn.Module, ABC):
+class LoraLayer(Wrapper, ABC):
     """A frozen ``base_layer`` plus named low-rank adapters.
 
     Each adapter ``name`` owns ``lora_A[name]: (r, in)``, ``lora_B[name]: (out, r)``, a scale and a dropout
@@ -44,6 +45,10 @@ class LoraLayer(nn.Module, ABC):
     """Per-adapter ParameterDicts that hold an adapter's weights (saved to files); absent names are skipped."""
     state_param_names: tuple[str, ...] = ()
     """Per-adapter frozen ParameterDicts kept for bookkeeping (not saved), deleted with the adapter."""
+
+    @property
+    def wrapped(self) -> nn.Module:
+        return self.base_layer
 
     def __init__(self, base_layer: nn.Module, in_features: int, out_features: int) -> None:
         super().__init__()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorakit.layers.base import LoraLayer
+from lorakit.core.layers.base import LoraLayer
 
 
 class LoraEmbedding(LoraLayer):

@@ -2,7 +2,7 @@
 or a bitsandbytes-quantised linear (QLoRA).
 
 Variants live beside plain LoRA in the same dicts: an adapter with a ``lora_magnitude`` entry is DoRA
-(``layers/dora.py``); one with a ``lora_E`` entry is AdaLoRA's SVD form ``B·diag(Λ)·A`` (``lorakit.adalora``).
+(``variants/dora.py``); one with a ``lora_E`` entry is AdaLoRA's SVD form ``B·diag(Λ)·A`` (``variants/adalora.py``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorakit import quant
-from lorakit.layers import dora, routed
-from lorakit.layers.base import LoraLayer
+from lorakit.core import quant
+from lorakit.core.layers import routed
+from lorakit.core.layers.variants import dora
+from lorakit.core.layers.base import LoraLayer
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int, bool]:
@@ -51,7 +52,7 @@ class LoraLinear(LoraLayer):
         """Kaiming-uniform A (as ``nn.Linear`` initialises its weight) or N(0, 1/r) A with zero B; or, for
         ``pissa``/``pissa_niter_K``/``olora``, the principal factors of W₀ (which keeps the residual)."""
         if init.startswith("pissa") or init == "olora":
-            from lorakit.init import principal_init
+            from lorakit.core.layers.variants.principal import principal_init
 
             principal_init(self, name, init)
             return

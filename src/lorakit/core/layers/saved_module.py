@@ -6,12 +6,20 @@ import copy
 
 from torch import nn
 
+from lorakit.core.modules import Wrapper
 
-class ModulesToSave(nn.Module):
+
+class ModulesToSave(Wrapper):
     """Holds the frozen ``original_module`` and a trainable copy per adapter in ``modules_to_save``.
 
     Forward uses the copy of the first active adapter that has one, else the original.
     """
+
+    trains_whole_module = True
+
+    @property
+    def wrapped(self) -> nn.Module:
+        return self.original_module
 
     def __init__(self, original_module: nn.Module) -> None:
         super().__init__()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lorakit.config import LoraConfig
-from lorakit.errors import ConfigError
-from lorakit.layers import LoraLinear
-from lorakit.model import inject, lora_layers
+from lorakit.core.config import LoraConfig
+from lorakit.core.errors import ConfigError
+from lorakit.core.layers import LoraLinear
+from lorakit.core.model import inject, lora_layers
 
 
 def inject_adalora(model: nn.Module, config: LoraConfig, init_r: int, name: str = "default") -> nn.Module:

@@ -20,7 +20,7 @@ import re
 import torch
 from torch import nn
 
-from lorakit.errors import ConfigError
+from lorakit.core.errors import ConfigError
 
 _NITER = re.compile(r"^pissa_niter_(\d+)$")
 
@@ -54,7 +54,7 @@ def principal_init(layer, name: str, init: str) -> None:
     """
     if layer.is_quantized():
         raise ConfigError(f"init={init} must start from the float weights: inject on the float base, then quantise it "
-                          "(lorakit.quant.quantize_model), so the residual is what gets rounded")
+                          "(lorakit.core.quant.quantize_model), so the residual is what gets rounded")
     weight = layer.dense_weight()  # (out, in) fp32
     scale = layer.scaling[name]
     A, B = principal_factors(weight, layer.rank(name), scale, init)

@@ -1,6 +1,6 @@
 """Variant adapters in plain-LoRA form: what ``save_adapter`` writes, so PEFT, vLLM and lorakit all load it.
 
-- PiSSA/OLoRA: rank 2r against the original W₀ (``[A; A₀]``, ``[B, −B₀]``, see ``lorakit.init``).
+- PiSSA/OLoRA: rank 2r against the original W₀ (``[A; A₀]``, ``[B, −B₀]``, see ``lorakit.core.layers.variants.principal``).
 - AdaLoRA: the triplets the rank budget kept, ``Λ`` folded into A: ``A' = diag(Λ_k)·A_k``, ``B' = B_k``; a module
   whose triplets were all pruned keeps rank 1 with ``B' = 0`` (no change to its output).
 - DoRA: saved as is (PEFT reads ``lora_magnitude_vector``); plain LoRA: as is.
@@ -17,9 +17,9 @@ from collections import Counter
 import torch
 from torch import nn
 
-from lorakit.config import LoraConfig
-from lorakit.init import plain_factors
-from lorakit.layers import LoraLayer, LoraLinear
+from lorakit.core.config import LoraConfig
+from lorakit.core.layers.variants.principal import plain_factors
+from lorakit.core.layers import LoraLayer, LoraLinear
 
 
 def export_tensors(layer: LoraLayer, name: str) -> dict[str, torch.Tensor]:
@@ -48,7 +48,7 @@ def _kept_triplets(layer: LoraLinear, name: str) -> tuple[torch.Tensor, torch.Te
 
 def export_config(config: LoraConfig, model: nn.Module, name: str) -> LoraConfig:
     """``config`` rewritten for :func:`export_tensors`'s ranks, with each module's scale unchanged."""
-    from lorakit.model import lora_layers
+    from lorakit.core.model import lora_layers
 
     ranks, alphas = {}, {}
     for mname, layer in lora_layers(model):

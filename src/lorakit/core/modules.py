@@ -1,0 +1,48 @@
+"""What a module *is* to lorakit, independent of the LoRA layer classes: wrappers, linears, the output head.
+
+A leaf module: it imports no other part of lorakit, so layers, quantisation and targeting can all use it.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+# path segments that only exist inside a wrapper (PEFT's names, which lorakit keeps)
+WRAPPER_PARTS = (".base_layer", ".original_module", ".modules_to_save.")
+
+
+class Wrapper(nn.Module):
+    """A module standing in for another one in the model tree (a LoRA layer, a saved module).
+
+    Subclasses set :attr:`wrapped` to the module they stand for; :func:`unwrap` returns it.
+    ``trains_whole_module`` is True for wrappers that train a full copy (``modules_to_save``), which LoRA
+    never targets inside.
+    """
+
+    trains_whole_module = False
+
+    @property
+    def wrapped(self) -> nn.Module:
+        raise NotImplementedError
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module a wrapper stands for (its ``base_layer`` / ``original_module``), or ``module`` itself."""
+    return module.wrapped if isinstance(module, Wrapper) else module
+
+
+def is_linear(module: nn.Module) -> bool:
+    """nn.Linear and its subclasses (bitsandbytes' quantised linears are ones) or transformers' Conv1D."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def inside_wrapper(name: str) -> bool:
+    """Whether module path ``name`` lies inside a wrapper (``…q_proj.base_layer``, ``…modules_to_save.x``)."""
+    return any(part in f".{name}." for part in (".base_layer.", ".original_module.", ".modules_to_save."))
+
+
+def output_head(model: nn.Module) -> nn.Module | None:
+    """The model's output embedding (``lm_head``) unwrapped, or None for models without one."""
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    return unwrap(head) if head is not None else None
