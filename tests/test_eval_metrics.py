@@ -6,7 +6,7 @@ import pytest
 
 from lorakit.core.errors import ConfigError, DataError
 from lorakit.eval import metrics as m
-from lorakit.eval.report import best_columns, format_value
+from lorakit.eval.report_format import best_columns, format_value
 
 
 def test_normalize_lowercases_strips_punctuation_and_articles():

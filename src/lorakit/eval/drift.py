@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lorakit.eval.general_sets import general_prompts
 from lorakit.eval.generate import Prompt, pad_id, prompt_ids
 from lorakit.eval.scoring import right_pad
 from lorakit.core.model import disabled
@@ -16,14 +17,12 @@ from lorakit.core.model import disabled
 def drift_kl(model: nn.Module, tokenizer, prompts: Sequence[Prompt] | None = None, *, batch_size: int = 8) -> float:
     """Mean over every token position of every prompt of ``KL(p_base ‖ p_adapted) = Σ_v p_base(v)·(log p_base(v) − log p_adapted(v))``.
 
-    Prompts (default: :func:`lorakit.eval.regression.general_prompts`) are rendered with the chat template.
+    Prompts (default: :func:`lorakit.eval.general_sets.general_prompts`) are rendered with the chat template.
     The base distribution is computed inside ``lk.disabled(model)``; the adapted one with the model's active
     adapters. An adapter whose B is zero leaves the logits bit-for-bit unchanged, so its drift is exactly 0.
     Log-probabilities are taken in fp64: the KL of two nearby distributions cancels badly in fp32.
     """
     if prompts is None:
-        from lorakit.eval.regression import general_prompts
-
         prompts = general_prompts()
     device = next(model.parameters()).device
     pad = pad_id(tokenizer)

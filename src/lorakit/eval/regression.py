@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -19,44 +18,10 @@ from torch import nn
 
 from lorakit.core.errors import ConfigError, DataError
 from lorakit.eval.choice import choice_accuracy
-from lorakit.eval.data import EvalRow, parse_row, read_rows
+from lorakit.eval.data import EvalRow
 from lorakit.eval.drift import drift_kl
+from lorakit.eval.general_sets import general_choices, general_prompts, general_texts
 from lorakit.eval.scoring import text_likelihood
-
-_RESOURCES = "resources/eval"
-
-
-def _shipped(name: str) -> Path:
-    return Path(str(resources.files("lorakit").joinpath(f"{_RESOURCES}/{name}")))
-
-
-def general_prompts(path: str | Path | None = None) -> list[str]:
-    """Prompts (``{"prompt": …}`` lines) from ``path``, default the shipped general prompt set."""
-    rows = read_rows(path or _shipped("general_prompts.jsonl"))
-    return [_field(where, obj, "prompt") for where, obj in rows]
-
-
-def general_texts(path: str | Path | None = None) -> list[str]:
-    """Texts (``{"text": …}`` lines) from ``path``, default the shipped general-text set."""
-    rows = read_rows(path or _shipped("general_text.jsonl"))
-    return [_field(where, obj, "text") for where, obj in rows]
-
-
-def general_choices(path: str | Path | None = None) -> list[EvalRow]:
-    """Multiple-choice rows (``question``, ``choices``, ``answer``) from ``path``, default the shipped set."""
-    rows = [parse_row(where, obj) for where, obj in read_rows(path or _shipped("general_choices.jsonl"))]
-    for row in rows:
-        if row.choices is None:
-            raise DataError(f"{row.where}: a multiple-choice row needs 'choices' and 'answer'")
-    return rows
-
-
-def _field(where: str, obj: dict, key: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value:
-        raise DataError(f"{where}: needs a non-empty text field '{key}'")
-    return value
-
 
 @dataclass
 class RegressionSet:

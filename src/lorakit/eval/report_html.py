@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import difflib
+from typing import TYPE_CHECKING
 
 from jinja2 import Environment
 from markupsafe import Markup, escape
 
 from lorakit.eval.charts import bar_chart, colors
 from lorakit.eval.metrics import normalize
-from lorakit.eval.report import BASE, EvalReport, best_columns, format_value, label
+from lorakit.eval.report_format import BASE, best_columns, format_value, label
+
+if TYPE_CHECKING:
+    from lorakit.eval.report import EvalReport
 
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>lorakit evaluation — {{ r.base.name }}</title>

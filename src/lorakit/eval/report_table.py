@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from lorakit.eval.report import EvalReport, best_columns, format_value, label
+from lorakit.eval.report import EvalReport
+from lorakit.eval.report_format import best_columns, format_value, label
 
 
 def _table(report: EvalReport, title: str, rows: dict[str, dict[str, float]]) -> Table:

@@ -21,7 +21,8 @@ from lorakit.eval.data import EvalRow, load_rows
 from lorakit.eval.generate import generate
 from lorakit.eval.regression import (RegressionScores, RegressionSet, Thresholds, gate_failures, load_regression_set,
                                      parse_thresholds, regression_scores)
-from lorakit.eval.report import BASE, EvalReport, sample_rows
+from lorakit.eval.report import EvalReport, sample_rows
+from lorakit.eval.report_format import BASE
 from lorakit.eval.spec import TaskSpec, load_spec
 from lorakit.eval.task import plan_task, score_likelihoods, score_outputs
 from lorakit.core.files import load_adapter
