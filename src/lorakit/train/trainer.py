@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -61,6 +62,12 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.output = Path(self.config.output)
         self.precision = precision.resolve(self.config.train.precision, self.device.type)
+        frozen_dtype = precision.compute_dtype(self.precision)
+        if frozen_dtype is not None:
+            cast = precision.store_frozen(model, frozen_dtype)
+            if cast and progress and self.dist.main:
+                print(f"precision {self.precision}: {cast / 1e6:.1f}M frozen linear weights stored in {self.precision} "
+                      "once (no per-step cast); adapters and optimizer state stay fp32", file=sys.stderr)
         cfg = self.config.train
         self.sampler = StepSampler(len(train_data), cfg.batch_size, cfg.grad_accum, self.dist.world, cfg.seed)
         self.warmup = warmup_steps(cfg.max_steps, cfg.warmup_ratio)

@@ -34,14 +34,22 @@ class LoraEmbedding(LoraLayer):
         return after_a @ self.lora_B[name].T  # (..., r) @ (r, dim) -> (..., dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(ids)
+        """``h = E₀[ids] + Σₐ sₐ · Aₐᵀ[ids] · Bₐᵀ`` over the active adapters not merged into ``E₀``.
+
+        Shapes: ``ids: (...)`` integer → ``h: (..., dim)``; ``Aₐ: (r, num_embeddings)``, ``Bₐ: (dim, r)``. A row of
+        ``Aᵀ`` is looked up per token (``(..., r)``, no one-hot matmul) and mapped by ``Bᵀ`` to ``(..., dim)``.
+        With a :class:`RowRouting` set, each row of the batch gets its own adapter (or none).
+
+        Source: Hu et al., "LoRA" (2021), applied to the embedding table as PEFT's ``lora.Embedding`` does.
+        """
+        out = self.base_layer(ids)  # E₀[ids]: (...) -> (..., dim)
         routing = self._check_routing()
         if routing is not None:
             for name, rows in routing.groups.items():
                 if name in self.lora_A:
-                    delta = self._lookup(ids.index_select(0, rows), name)
+                    delta = self._lookup(ids.index_select(0, rows), name)  # (n_rows, ..., dim)
                     out = out.index_add(0, rows, delta.to(out.dtype), alpha=self.scaling[name])
             return out
         for name in self._unmerged_active():
-            out = out + self.scaling[name] * self._lookup(ids, name).to(out.dtype)
+            out = out + self.scaling[name] * self._lookup(ids, name).to(out.dtype)  # (..., dim)
         return out

@@ -31,6 +31,16 @@ def linear_shape(module: nn.Module) -> tuple[int, int, bool]:
     return module.in_features, module.out_features, False
 
 
+def can_add_in_place(out: torch.Tensor, *, keeps_base_output: bool) -> bool:
+    """Whether adapter deltas may be added into the base output ``out: (..., out)`` itself, saving one copy.
+
+    Not when ``out`` is a view (bitsandbytes returns one from a custom autograd Function when the layer has a
+    bias, and autograd forbids changing such a view in place), nor when a DoRA adapter still needs the pure
+    base output ``W₀x + b`` after another adapter's delta was added.
+    """
+    return not out._is_view() and not keeps_base_output
+
+
 class LoraLinear(LoraLayer):
     """LoRA around a linear layer. ``A: (r, in)``, ``B: (out, r)``; the product B·A is never formed in forward
     (DoRA forms it once per forward for its weight norm, as the method requires)."""
@@ -103,35 +113,60 @@ class LoraLinear(LoraLayer):
         return delta.T if self.fan_in_fan_out else delta
 
     def merged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """``W + ΔW`` for fp32 ``weight`` in the base layout; for DoRA ``f ⊙ (W + s·B·A)``. Reads only."""
         if name not in self.lora_magnitude:
             return super().merged_weight(name, weight)
         dense = weight.T if self.fan_in_fan_out else weight
-        merged, self.dora_factors[name] = dora.merged_weight(self, name, dense)
+        merged, _ = dora.merged_weight(self, name, dense)
         return merged.T if self.fan_in_fan_out else merged
 
     def unmerged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`merged_weight`; DoRA divides by the ``f`` recorded when it was merged. Reads only."""
         if name not in self.lora_magnitude:
             return super().unmerged_weight(name, weight)
         dense = weight.T if self.fan_in_fan_out else weight
-        restored = dora.unmerged_weight(self, name, dense, self.dora_factors.pop(name))
+        restored = dora.unmerged_weight(self, name, dense, self.dora_factors[name])
         return restored.T if self.fan_in_fan_out else restored
 
+    def merge(self, name: str, safe: bool = True, requantize: bool = False) -> None:
+        """:meth:`LoraLayer.merge`, recording DoRA's ``f`` of the pre-merge weight so unmerging is exact."""
+        f = dora.factor(self, name, self.dense_weight()).detach() if name in self.lora_magnitude else None
+        super().merge(name, safe, requantize)
+        if f is not None:
+            self.dora_factors[name] = f
+
+    def unmerge(self) -> None:
+        """:meth:`LoraLayer.unmerge`, then forget the recorded DoRA factors."""
+        super().unmerge()
+        self.dora_factors.clear()
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        out = self.base_layer(x, *args, **kwargs)
+        """``h = W₀x + b + Σₐ sₐ · Bₐ(Aₐ(dropoutₐ(x)))`` over the active adapters not merged into ``W₀``.
+
+        Shapes: ``x: (..., in)`` → ``h: (..., out)``; ``Aₐ: (r, in)``, ``Bₐ: (out, r)``, ``sₐ = α/r`` (``α/√r``
+        with rsLoRA). The product ``B·A`` is never formed: the cost is ``r·(in + out)`` multiply-adds per token.
+        A DoRA adapter adds ``(f−1)⊙W₀x + f⊙s·B·A·x`` instead (``variants/dora.py``); AdaLoRA scales the rank
+        dimension by ``Λ``. With a :class:`RowRouting` set, each row gets its own adapter (``layers/routed.py``).
+        Under autocast the adapter matmuls run in the autocast dtype; otherwise ``x`` is cast to the adapter
+        dtype and the delta back to the output's. Dropout runs only when ``p > 0`` and training.
+
+        Source: Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models" (2021), eq. 3.
+        """
+        out = self.base_layer(x, *args, **kwargs)  # W₀x + b: (..., in) -> (..., out)
         routing = self._check_routing()
         if routing is not None:
             return self._add_routed(x, out, routing)
         active = self._unmerged_active()
-        # Adding in place saves a copy, except on a custom autograd Function's view output (bitsandbytes with
-        # a bias) and when DoRA still needs the pure base output W₀x + b.
-        inplace = not out._is_view() and not any(n in self.lora_magnitude for n in active)
+        dora_active = [name for name in active if name in self.lora_magnitude]
+        in_place = can_add_in_place(out, keeps_base_output=bool(dora_active))
         base_out = out
         for name in active:
-            if name in self.lora_magnitude:
-                out = out + dora.extra_output(self, name, x, base_out).to(out.dtype)
+            if name in dora_active:
+                delta, scale = dora.extra_output(self, name, x, base_out), 1.0  # (..., out)
             else:
-                delta = self.factor_forward(self.adapter_input(x, name), name).to(out.dtype)
-                out = out.add_(delta, alpha=self.scaling[name]) if inplace else out + self.scaling[name] * delta
+                delta, scale = self.factor_forward(self.adapter_input(x, name), name), self.scaling[name]  # (..., out)
+            delta = delta.to(out.dtype)
+            out = out.add_(delta, alpha=scale) if in_place else out.add(delta, alpha=scale)
         return out
 
     def adapter_input(self, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -144,10 +179,10 @@ class LoraLinear(LoraLayer):
 
     def factor_forward(self, h: torch.Tensor, name: str) -> torch.Tensor:
         """``B(A h)`` (``B(Λ ⊙ A h)`` for AdaLoRA), unscaled."""
-        xa = F.linear(h, self.lora_A[name])  # (..., in) @ (in, r) -> (..., r)
+        xa = F.linear(h, self.lora_A[name])  # (..., in) @ Aᵀ (in, r) -> (..., r)
         if name in self.lora_E:
-            xa = xa * self.lora_E[name]  # (..., r) ⊙ (r,)
-        return F.linear(xa, self.lora_B[name])  # (..., r) @ (r, out) -> (..., out)
+            xa = xa * self.lora_E[name]  # (..., r) ⊙ Λ (r,)
+        return F.linear(xa, self.lora_B[name])  # (..., r) @ Bᵀ (r, out) -> (..., out)
 
     def _add_routed(self, x: torch.Tensor, out: torch.Tensor, routing) -> torch.Tensor:
         """Per-row adapters: plain LoRA rows by rank group in batched matmuls (``layers/routed.py``); DoRA and
