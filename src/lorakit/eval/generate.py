@@ -1,11 +1,21 @@
-"""Batched greedy generation: prompts rendered with the tokenizer's chat template, left-padded, KV-cached."""
+"""Batched greedy generation for evaluation, at merged speed.
+
+Prompts are rendered with the tokenizer's chat template, sorted by length (so a batch pads little), left-padded
+and decoded greedily with the model's KV cache; results come back in the prompts' order. The active adapters
+are folded into a copy of the weights they touch for the duration (:func:`merged_copy`), so each decode step
+costs what the base model costs; the original weights are put back exactly afterwards.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
+
+from lorakit.core.errors import MergeError
+from lorakit.core.layers import LoraLayer
 
 Prompt = str | list[dict]
 
@@ -51,23 +61,79 @@ def left_pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[tor
     return ids.to(device), mask.to(device)
 
 
+def auto_batch_size(device: torch.device) -> int:
+    """Rows decoded together: 64 on an accelerator; on a CPU 4 per thread, between 8 and 32 (a decode step is
+    bound by reading the weights, so wider batches share that read until the matmuls become compute-bound)."""
+    if device.type != "cpu":
+        return 64
+    return max(8, min(32, 4 * torch.get_num_threads()))
+
+
+@contextlib.contextmanager
+def merged_copy(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block each LoRA layer's active, unmerged adapters are folded into a new weight tensor
+    ``W₀ + Σ ΔW`` (in the base dtype; DoRA's rescaled form), and the layer counts them as merged, so forward
+    skips the low-rank path. On exit the original tensors are put back untouched (no subtract-and-round).
+
+    Left unmerged: quantised bases (merging would dequantise them), layers routing rows to adapters, and
+    disabled layers. Costs one extra copy of each merged weight while the block runs. Raises
+    :class:`~lorakit.core.errors.MergeError` (naming the layer) if a merge would produce NaN/inf.
+    """
+    touched: list[tuple[LoraLayer, torch.Tensor, int]] = []
+    try:
+        with torch.no_grad():
+            for layer in model.modules():
+                if not isinstance(layer, LoraLayer) or layer.routing is not None or _is_quantized(layer):
+                    continue
+                names = layer._unmerged_active()
+                if not names:
+                    continue
+                weight = layer.read_weight()  # fp32, the base layout
+                for name in names:
+                    weight = layer.merged_weight(name, weight)
+                if not torch.isfinite(weight).all():
+                    raise MergeError(f"layer {layer.path}: merging adapters {list(names)} would write NaN/inf; the adapter is broken")
+                target = layer._base_weight()
+                touched.append((layer, target.data, len(layer.merged)))
+                target.data = weight.to(target.dtype)
+                layer.merged.extend(names)
+        yield model
+    finally:
+        for layer, original, merged in reversed(touched):
+            layer._base_weight().data = original
+            del layer.merged[merged:]
+
+
+def _is_quantized(layer: LoraLayer) -> bool:
+    is_quantized = getattr(layer, "is_quantized", None)
+    return bool(is_quantized and is_quantized())
+
+
 @torch.inference_mode()
-def generate(model: nn.Module, tokenizer, prompts: Sequence[Prompt], *, max_new_tokens: int = 64, batch_size: int = 8,
-             chat: bool = True) -> list[str]:
+def generate(model: nn.Module, tokenizer, prompts: Sequence[Prompt], *, max_new_tokens: int = 64,
+             batch_size: int | None = None, chat: bool = True, merge: bool = True) -> list[str]:
     """Greedy continuations of ``prompts``, one string each, holding only the new text (special tokens dropped).
 
-    Rows are grouped ``batch_size`` at a time, left-padded, and decoded by the model's own ``generate``
-    with its KV cache. Whatever adapters are active on ``model`` (or none, inside ``lk.disabled``) apply.
+    Rows are sorted by prompt length and decoded ``batch_size`` at a time (default :func:`auto_batch_size`),
+    left-padded, by the model's own ``generate`` with its KV cache; a row stops at its end-of-sequence token or
+    after ``max_new_tokens`` (pass the task's known answer length). Whatever adapters are active on ``model``
+    (or none, inside ``lk.disabled``) apply — merged into a copy of the weights while decoding unless ``merge``
+    is false. Results are in the order of ``prompts``.
     """
     device = next(model.parameters()).device
     pad = pad_id(tokenizer)
     eos = tokenizer.eos_token_id
-    outputs: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        rows = [prompt_ids(tokenizer, p, chat=chat) for p in prompts[start:start + batch_size]]
-        ids, mask = left_pad(rows, pad, device)
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=pad, eos_token_id=eos, num_beams=1)
-        new = out[:, ids.shape[1]:]  # (B, T_new): only the generated tokens
-        outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
+    batch_size = batch_size or auto_batch_size(device)
+    rows = [prompt_ids(tokenizer, p, chat=chat) for p in prompts]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    outputs: list[str] = [""] * len(rows)
+    with merged_copy(model) if merge else contextlib.nullcontext():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            ids, mask = left_pad([rows[i] for i in chunk], pad, device)
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=pad, eos_token_id=eos, num_beams=1)
+            new = out[:, ids.shape[1]:]  # (B, T_new): only the generated tokens
+            for i, text in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True)):
+                outputs[i] = text
     return outputs
