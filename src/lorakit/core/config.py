@@ -16,8 +16,7 @@ from typing import Any
 
 from lorakit.core.errors import ConfigError
 from lorakit.core.names import rename_aliases, unknown_keys
-
-ALL_LINEAR = "all-linear"
+from lorakit.core.targeting import ALL_LINEAR, is_all_linear, pattern_value
 BIAS_MODES = ("none", "all", "lora_only")
 INIT_SCHEMES = ("default", "gaussian", "pissa", "olora")
 _PISSA_NITER = re.compile(r"^pissa_niter_(\d+)$")
@@ -47,10 +46,12 @@ class LoraConfig:
     """Modules never adapted even when ``targets`` matches them (suffixes or a regex)."""
     layers: list[int] | None = None
     """Indices of transformer blocks to adapt (``None``: all)."""
-    layers_pattern: str | None = None
-    """Name of the module list holding the blocks (``layers``, ``h``…); found automatically when ``None``."""
+    layers_pattern: str | list[str] | None = None
+    """Name(s) of the module list holding the blocks (``layers``, ``h``…); without one, the first numbered
+    segment of a module's name is its block index (PEFT's rule, :mod:`lorakit.core.targeting`)."""
     rank_pattern: dict[str, int] = field(default_factory=dict)
-    """Per-module rank overrides: a key matches a module when it is a suffix of its name or a regex for it."""
+    """Per-module rank overrides. A key matches the end of a module name: a plain name (``q_proj``), a dotted
+    suffix (``layers.0.self_attn.q_proj``) or a regex (``q_proj|v_proj``); the first matching key wins."""
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     """Per-module alpha overrides, matched like ``rank_pattern``."""
     bias: str = "none"
@@ -101,8 +102,14 @@ class LoraConfig:
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if isinstance(self.targets, str):
-            if self.targets != ALL_LINEAR:
+            if is_all_linear(self.targets):
+                self.targets = ALL_LINEAR
+            else:
                 _check_regex("targets", self.targets)
+                if self.layers is not None or self.layers_pattern:
+                    raise ConfigError("layers / layers_to_transform and layers_pattern cannot be used with a regex "
+                                      "targets string (PEFT refuses it too): put the block index in the regex, or "
+                                      "give targets as a list of module names")
         elif not self.targets or not all(isinstance(t, str) and t for t in self.targets):
             raise ConfigError(f"targets must be 'all-linear', a regex string or a non-empty list of module names, got {self.targets!r}")
         else:
@@ -112,8 +119,19 @@ class LoraConfig:
         if self.layers is not None:
             if isinstance(self.layers, int):
                 self.layers = [self.layers]
-            if not all(isinstance(i, int) and i >= 0 for i in self.layers):
+            if not isinstance(self.layers, (list, tuple)) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers):
                 raise ConfigError(f"layers must be a list of non-negative block indices, got {self.layers!r}")
+            self.layers = list(self.layers)
+        if self.layers_pattern is not None:
+            names = [self.layers_pattern] if isinstance(self.layers_pattern, str) else self.layers_pattern
+            if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+                raise ConfigError(f"layers_pattern must be a module-list name or a list of them, got {self.layers_pattern!r}")
+            if not isinstance(self.layers_pattern, str):
+                self.layers_pattern = list(self.layers_pattern)
+        for field_name in ("rank_pattern", "alpha_pattern"):
+            for key in getattr(self, field_name):
+                _check_regex(f"{field_name} key", key)
         if self.bias not in BIAS_MODES:
             raise ConfigError(f"bias must be one of {', '.join(BIAS_MODES)}, got {self.bias!r}")
         if self.modules_to_save is not None:
@@ -130,11 +148,11 @@ class LoraConfig:
 
     def rank_for(self, module_name: str) -> int:
         """Rank of ``module_name``: the first matching ``rank_pattern`` key, else ``r``."""
-        return _pattern_value(self.rank_pattern, module_name, self.r)
+        return pattern_value(self.rank_pattern, module_name, self.r)
 
     def alpha_for(self, module_name: str) -> float:
         """Alpha of ``module_name``: the first matching ``alpha_pattern`` key, else ``alpha``."""
-        return _pattern_value(self.alpha_pattern, module_name, self.alpha)
+        return pattern_value(self.alpha_pattern, module_name, self.alpha)
 
     def scale_for(self, module_name: str) -> float:
         """The multiplier of B·A for ``module_name``: α/r, or α/√r with rsLoRA."""
@@ -148,13 +166,6 @@ class LoraConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (lorakit field names)."""
         return dataclasses.asdict(self)
-
-
-def _pattern_value(pattern: dict, module_name: str, default):
-    for key, value in pattern.items():
-        if module_name == key or module_name.endswith("." + key) or re.fullmatch(key, module_name):
-            return value
-    return default
 
 
 def _check_rank(name: str, value: Any) -> None:

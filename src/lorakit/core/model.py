@@ -12,9 +12,9 @@ from torch import nn
 from lorakit.core.bases import fingerprint
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import AdapterStateError, ConfigError
-from lorakit.core.layers import LoraEmbedding, LoraLayer, LoraLinear, ModulesToSave, RowRouting
+from lorakit.core.layers import LAYER_TYPES, LoraEmbedding, LoraLayer, ModulesToSave, RowRouting
 from lorakit.core.layers.variants.dora import init_magnitude
-from lorakit.core.targeting import find_saved_modules, find_targets, is_linear, unwrap
+from lorakit.core.targeting import find_saved_modules, find_targets, layer_kind
 
 
 @dataclass
@@ -65,7 +65,7 @@ def inject(model: nn.Module, config: LoraConfig, name: str = "default", *, dtype
         raise AdapterStateError(f"adapter {name!r} already exists; delete_adapter(model, {name!r}) first or choose another name")
     targets = find_targets(model, config)
     saved = find_saved_modules(model, config)
-    kinds = {t: LoraLinear if is_linear(unwrap(model.get_submodule(t))) else LoraEmbedding for t in targets}
+    kinds = {t: LAYER_TYPES[layer_kind(model.get_submodule(t))] for t in targets}
     if config.use_dora and LoraEmbedding in kinds.values():
         first = next(t for t, k in kinds.items() if k is LoraEmbedding)
         raise ConfigError(f"use_dora applies to linear layers; target {first!r} is an embedding: exclude it or turn DoRA off")

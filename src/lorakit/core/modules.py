@@ -11,6 +11,9 @@ from torch import nn
 WRAPPER_PARTS = (".base_layer", ".original_module", ".modules_to_save.")
 
 
+_OWN = frozenset({"base_layer", "original_module", "modules_to_save", "wrapped", "surface"})
+
+
 class Wrapper(nn.Module):
     """A module standing in for another one in the model tree (a LoRA layer, a saved module).
 
@@ -24,6 +27,21 @@ class Wrapper(nn.Module):
     @property
     def wrapped(self) -> nn.Module:
         raise NotImplementedError
+
+    @property
+    def surface(self) -> nn.Module:
+        """The module whose attributes this wrapper answers with (the wrapped one unless a subclass says)."""
+        return self.wrapped
+
+    def __getattr__(self, name: str):
+        """Attributes the wrapper lacks (``weight``, ``bias``, ``in_features``, ``num_embeddings``, ``nf``…) are
+        the surface module's, so model code that reads them sees the layer it expects."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in _OWN or name.startswith("_"):
+                raise
+            return getattr(self.surface, name)
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -21,6 +21,10 @@ class ModulesToSave(Wrapper):
     def wrapped(self) -> nn.Module:
         return self.original_module
 
+    @property
+    def surface(self) -> nn.Module:
+        return self.current()
+
     def __init__(self, original_module: nn.Module) -> None:
         super().__init__()
         self.original_module = original_module
