@@ -12,7 +12,7 @@ import torch
 import lorakit as lk
 from lorakit.algebra import combine, export_merged
 from lorakit.algebra.export import parse_weighted
-from lorakit.core.errors import BaseMismatchError, ConfigError, MergeError
+from lorakit.core.errors import AdapterFileError, BaseMismatchError, ConfigError, MergeError
 from tests.helpers import randomize_adapter, run_cli, tiny_llama
 
 
@@ -117,7 +117,7 @@ def test_broken_or_foreign_adapters_are_refused(base, tmp_path):
     files.tensors[key] = files.tensors[key].clone()
     files.tensors[key][0, 0] = float("nan")
     write_adapter(tmp_path / "nan", files.raw_config, files.tensors, files.meta)
-    with pytest.raises(MergeError, match="NaN/inf"):
+    with pytest.raises(AdapterFileError, match=r"lora_B\.weight holds 1 non-finite value"):  # refused at read
         export_merged([(tmp_path / "nan", 1.0)], tmp_path / "out")
     other = tiny_base_dir(tmp_path / "other", seed=5)
     foreign = adapter_on(other, tmp_path / "foreign", ["q_proj"], seed=1)
@@ -133,14 +133,15 @@ def test_adapter_specs_parse_weights():
     assert parse_weighted("registry:name@3:-0.5") == ("registry:name@3", -0.5)
 
 
-def test_tied_untying_only_happens_when_an_adapter_touches_the_tied_tensor():
-    from lorakit.algebra.export import untie_touched_embeddings
-
+def test_tied_untying_only_happens_when_a_merged_adapter_touches_the_tied_tensor():
     model = tiny_llama()
     model.lm_head.weight = model.model.embed_tokens.weight
     lk.inject(model, lk.LoraConfig(r=2, alpha=4, targets=["q_proj"]))
-    assert not untie_touched_embeddings(model)
+    lk.merge(model)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    lk.unmerge(model)
     lk.inject(model, lk.LoraConfig(r=2, alpha=4, targets=["embed_tokens"]), name="emb")
-    assert untie_touched_embeddings(model)
+    lk.merge(model, "emb")
     assert model.lm_head.weight is not model.model.embed_tokens.base_layer.weight
-    assert torch.equal(model.lm_head.weight, model.model.embed_tokens.base_layer.weight)
+    lk.unmerge(model)
+    assert model.lm_head.weight is model.model.embed_tokens.base_layer.weight

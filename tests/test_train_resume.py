@@ -42,8 +42,9 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def _train(config: Path, *extra: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lorakit.cli", "train", str(config), "--no-progress", *extra],
+def _train(config: Path | None, *extra: str, **kwargs) -> subprocess.Popen:
+    given = [str(config)] if config is not None else []
+    return subprocess.Popen([sys.executable, "-m", "lorakit.cli", "train", *given, "--no-progress", *extra],
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
@@ -110,10 +111,10 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_130(reference):
     out, err = process.communicate(timeout=300)
     assert process.returncode == 130, err
     message = [line for line in err.splitlines() if line.startswith("interrupted after step")]
-    assert len(message) == 1 and f"Resume with: lorakit train {config} --resume auto" in message[0]
+    assert len(message) == 1 and message[0].endswith(f"Resume with: lorakit train --resume {run}")
     step = int(message[0].split()[3].rstrip(";"))
     assert 4 <= step < STEPS and (run / "checkpoints" / f"step-{step:06d}" / "trainer_state.pt").exists()
-    out, err = _train(config, "--resume", "auto").communicate(timeout=600)
+    out, err = _train(None, "--resume", str(run)).communicate(timeout=600)  # the printed command, as printed
     assert f"done: {STEPS} steps" in out, err
     _same_run(tmp / "reference", run)
 
@@ -121,5 +122,8 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_130(reference):
 def test_resume_with_a_changed_config_is_refused(reference, tmp_path):
     tmp, base, data = reference
     config = _write_run(tmp, "reference", base, data)
-    out, err = _train(config, "--resume", "auto", "--set", "train.batch_size=5").communicate(timeout=300)
-    assert "checkpoint was made with train.batch_size=3, the config now says 5" in err
+    newest = sorted((tmp / "reference" / "checkpoints").iterdir())[-1]
+    out, err = _train(config, "--resume", str(newest), "--set", "train.batch_size=5").communicate(timeout=300)
+    assert "the run was made with train.batch_size=3, the config now says 5" in err
+    out, err = _train(config, "--resume", "auto").communicate(timeout=300)
+    assert "this run already finished" in err and "nothing to resume" in err

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from lorakit.cli.app import app
+from lorakit.cli.options import OVERWRITE, SHORT, check_output, dtype_name
 from lorakit.core.errors import ConfigError
 
 SAMPLE_PROMPTS = [
@@ -39,15 +40,18 @@ def merge(
     extra: list[str] = typer.Option([], "--adapter", help="Another adapter as PATH:WEIGHT (repeatable)."),
     out: Path = typer.Option(..., "--out", help="Directory for the merged transformers model."),
     base: str = typer.Option(None, "--base", help="Base model name or directory (default: the one recorded in the adapter)."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 (float32), bf16 (bfloat16) or fp16 (float16)."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Fold adapters into their base and save a complete transformers model directory."""
+    short = SHORT[dtype_name(dtype)]
+    check_output(out, overwrite=overwrite)
     from lorakit.algebra.export import export_merged, parse_weighted
 
     specs = [parse_weighted(s) for s in [*(adapter or []), *extra]]
     if not specs:
         raise ConfigError("name at least one adapter: lorakit merge ADAPTER --out DIR (or --adapter a:0.7 --adapter b:0.3)")
-    result = export_merged(specs, out, base=base, dtype=dtype)
+    result = export_merged(specs, out, base=base, dtype=short)
     blend = " + ".join(f"{w:g}·{s}" for s, w in specs)
     typer.echo(f"merged {blend} into {result.base} ({result.dtype}) -> {result.path}")
     if result.untied_embeddings:
@@ -64,8 +68,10 @@ def combine(
     density: float = typer.Option(None, "--density", help="Fraction of entries kept by ties, dare_* and magnitude_prune."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random drops of dare_*."),
     sign: str = typer.Option("total", "--sign", help="TIES sign election: total or frequency."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Blend adapters into one adapter; its lorakit.json records the lineage."""
+    check_output(out, overwrite=overwrite)
     from lorakit.algebra.combine import combine as run
 
     parsed = None
@@ -137,8 +143,10 @@ def compress(
     rank: int = typer.Option(None, "--rank", help="Maximum rank of every module."),
     base: str = typer.Option(None, "--base", help="Base for the output-change sample (default: the adapter's recorded base)."),
     sample: bool = typer.Option(True, "--sample/--no-sample", help="Measure KL(original ‖ compressed) on sample prompts."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Re-factor each module's ΔW at the smallest rank keeping the energy (or at a given rank)."""
+    check_output(out, overwrite=overwrite)
     from lorakit.core import bases
     from lorakit.algebra.compress import compress as run, output_kl
     from lorakit.algebra.factors import base_of, load

@@ -1,6 +1,8 @@
 """The ``lorakit`` command. Each command group lives in its own module and registers itself here.
 
-Every :class:`~lorakit.core.errors.LorakitError` becomes one line on stderr and exit code 2.
+Every :class:`~lorakit.core.errors.LorakitError` becomes one line on stderr and exit code 2; so does a usage error
+(an unknown command or option, a missing or malformed argument), with the usage line of the command. Command
+modules import heavy libraries (torch, transformers) inside their commands, so ``--help`` and ``--version`` stay fast.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ def _register() -> None:
     from lorakit.cli import train  # noqa: F401
 
 
+def usage_line(err: Exception) -> str:
+    """One line for a command-line usage error: what was wrong, the command's usage, where to read more."""
+    ctx = getattr(err, "ctx", None)
+    usage = " ".join(ctx.get_usage().split()) if ctx is not None else "Usage: lorakit [OPTIONS] COMMAND [ARGS]..."
+    helper = f"{ctx.command_path} --help" if ctx is not None else "lorakit --help"
+    message = err.format_message() if hasattr(err, "format_message") else str(err)
+    return f"error: {' '.join(message.split())} ({usage}; see {helper})"
+
+
 def main() -> None:
     _register()
     try:
@@ -52,12 +63,8 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as err:  # click usage errors and the like
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(2)
-        raise
+    except typer.exceptions.TyperException as err:  # usage errors: unknown command or option, bad argument
+        typer.echo(usage_line(err), err=True)
+        sys.exit(2)
     if isinstance(code, int) and code:
         sys.exit(code)

@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 
 from lorakit.cli.app import app
+from lorakit.cli.options import dtype_name
 from lorakit.core.errors import ConfigError
 
-_DTYPES = ("float32", "bfloat16")
 
 
 def parse_adapter(text: str) -> tuple[str, str]:
@@ -35,7 +35,7 @@ def eval_command(
         max_drift: str = typer.Option(None, "--max-drift", help="Gate: KL threshold, or kl=…,ppl=…,mc=… ; exit 1 when an "
                                                                 "adapter exceeds one."),
         out: Path = typer.Option(Path("runs/eval"), "--out", help="Directory for report.json and report.html."),
-        dtype: str = typer.Option("float32", "--dtype", help="Compute dtype of the base: float32 or bfloat16."),
+        dtype: str = typer.Option("fp32", "--dtype", help="Compute dtype of the base: fp32 (float32) or bf16 (bfloat16)."),
         as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the tables."),
 ) -> None:
     """Evaluate the base and each adapter: task metrics, regression against the base, report files, drift gate."""
@@ -44,8 +44,7 @@ def eval_command(
     from lorakit.eval.report_table import print_report
     from lorakit.eval.runner import evaluate
 
-    if dtype not in _DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    dtype = dtype_name(dtype, ("float32", "bfloat16"))
     adapters = dict(parse_adapter(a) for a in adapter)
     if len(adapters) != len(adapter):
         raise ConfigError("two --adapter options have the same NAME; give each adapter its own name")

@@ -5,10 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import time
 
-import torch
-
 from lorakit._version import __version__
-from lorakit.core import bases
 from lorakit.cli.app import app
 
 _PACKAGES = ("torch", "transformers", "safetensors", "bitsandbytes", "peft", "fastapi", "sqlalchemy", "mlflow")
@@ -16,6 +13,8 @@ _PACKAGES = ("torch", "transformers", "safetensors", "bitsandbytes", "peft", "fa
 
 def bf16_speedup(size: int = 512, repeats: int = 5) -> float:
     """How many times faster a bf16 matmul runs than fp32 on this CPU (≈3 with AMX, <1 without)."""
+    import torch
+
     timings = {}
     for dtype in (torch.float32, torch.bfloat16):
         a = torch.randn(size, size, dtype=dtype)
@@ -37,8 +36,11 @@ def _version_of(package: str) -> str:
 @app.command()
 def info() -> None:
     """Show versions, threads, whether bf16 is fast here, and the default model's cache state."""
+    import torch
     from rich.console import Console
     from rich.table import Table
+
+    from lorakit.core import bases
 
     table = Table(title=f"lorakit {__version__}", show_header=False)
     for package in _PACKAGES:

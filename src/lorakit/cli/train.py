@@ -2,31 +2,48 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
 
 from lorakit.cli.app import app
+from lorakit.cli.options import OVERWRITE
+from lorakit.core.errors import ConfigError
 
 
 @app.command()
-def train(config: Path = typer.Argument(..., help="YAML run config (base, lora, data, train, output, tracking)."),
+def train(config: Path = typer.Argument(None, help="YAML run config (base, lora, data, train, output, tracking); "
+                                                   "optional with --resume RUN_DIR."),
           set_: list[str] = typer.Option([], "--set", help="Override a config key: --set train.lr=1e-4 (repeatable)."),
-          resume: str = typer.Option(None, "--resume", help="auto (newest checkpoint in the output directory) or a checkpoint directory."),
+          resume: str = typer.Option(None, "--resume", help="auto (newest checkpoint in the output directory), a "
+                                                             "checkpoint directory, or a run directory (its config.yaml)."),
+          overwrite: bool = OVERWRITE,
           skip_bad_lines: bool = typer.Option(False, "--skip-bad-lines", help="Skip and count malformed rows instead of stopping."),
           progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the live progress bar.")) -> None:
-    """Train a LoRA adapter as CONFIG says; checkpoints, metrics.jsonl, loss.png and adapter/ go to its output."""
+    """Train a LoRA adapter as CONFIG says; config.yaml (resolved), checkpoints, metrics.jsonl, loss.png and adapter/
+    go to its output."""
     from lorakit.train import Trainer, TrainingInterrupted
+    from lorakit.train.checkpoint import RUN_CONFIG, check_run_dir
+    from lorakit.train.config import load_config
 
     overrides = list(set_) + (["data.skip_bad_lines=true"] if skip_bad_lines else [])
+    if config is None:
+        run_dir = Path(resume) if resume not in (None, "auto") else None
+        if run_dir is None or not (run_dir / RUN_CONFIG).is_file():
+            raise ConfigError("give a run config (lorakit train CONFIG.yaml) or a run directory to resume "
+                              f"(lorakit train --resume RUN_DIR, which holds {RUN_CONFIG})")
+        config, resume, overrides = run_dir / RUN_CONFIG, "auto", [*overrides, f"output={run_dir}"]
+    output = Path(load_config(config, overrides).output)
+    check_run_dir(output, resume, overwrite)  # before the data and the model load
     trainer = Trainer.from_config(config, overrides, progress=progress)
     if trainer.dist.main:
         _describe_data(trainer)
     try:
-        summary = trainer.fit(resume=resume)
+        summary = trainer.fit(resume=resume, overwrite=overwrite)
     except TrainingInterrupted as stop:
         typer.echo(f"interrupted after step {stop.step}; checkpoint saved to {stop.checkpoint}. "
-                   f"Resume with: lorakit train {config} --resume auto", err=True)
+                   f"Resume with: lorakit train --resume {shlex.quote(str(output))}", err=True)
         raise typer.Exit(130) from None
     if trainer.dist.main:
         metrics = summary["metrics"]

@@ -51,3 +51,7 @@ class TrainingError(LorakitError):
 
 class RegistryError(LorakitError):
     """The adapter registry cannot be opened, is from a newer lorakit, or was asked about something it does not hold."""
+
+
+class OutputExistsError(ConfigError):
+    """An output path already holds something and overwriting was not asked for."""

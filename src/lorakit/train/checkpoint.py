@@ -5,6 +5,12 @@ optimizer state, the step (which fixes the schedule and the data position), RNG 
 best eval loss so far, the early-stopping counter and the resolved config. Each checkpoint directory is
 written in a staging directory and renamed, so a kill at any moment leaves only complete checkpoints.
 ``trainer_state.pt`` is our own file and is read with ``torch.load(weights_only=True)``.
+
+A run directory starts with :func:`start_run`: a directory that already holds something is refused unless the
+run resumes or ``overwrite`` is given; staging directories left by a kill are removed and ``keep_checkpoints``
+is enforced again; ``--resume auto`` refuses a finished run (its ``adapter/`` is written) and a run whose
+recorded ``config.yaml`` differs in a key that changes the run; the resolved config (after ``--set``) is
+written to ``config.yaml``, so ``lorakit train --resume RUN_DIR`` continues exactly this run.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from lorakit.core.files import atomic
@@ -25,6 +32,11 @@ from lorakit.core.errors import ConfigError
 from lorakit.core.files import restore_adapter, save_adapter
 
 STATE_FILE = "trainer_state.pt"
+RUN_CONFIG = "config.yaml"
+"""The resolved config of a run, in its run directory."""
+FINAL_ADAPTER = "adapter"
+_RUN_ARTIFACTS = ("checkpoints", "adapter", "best", "metrics.jsonl", "loss.png", RUN_CONFIG)
+_LEFTOVER = re.compile(r"^\.step-\d+\.(staging|old)-")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # config keys whose change makes a resumed run a different run
 _MUST_MATCH = ("base", "lora", "data.format", "data.max_length", "data.train_on_prompt", "data.packing",
@@ -105,7 +117,7 @@ def _check_same_run(saved: dict[str, Any], current: dict[str, Any], directory: P
     for key in _MUST_MATCH:
         before, now = _lookup(saved, key), _lookup(current, key)
         if before != now:
-            raise ConfigError(f"{directory}: checkpoint was made with {key}={before!r}, the config now says {now!r}; "
+            raise ConfigError(f"{directory}: the run was made with {key}={before!r}, the config now says {now!r}; "
                               "resume with the same config or start a new output directory")
 
 
@@ -120,6 +132,57 @@ def prune(root: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints."""
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_partial(root: Path) -> list[Path]:
+    """Delete the half-written checkpoints a kill left under ``root``: staging directories, retired copies, and
+    ``step-N`` directories without a trainer state. Returns what was removed."""
+    if not root.is_dir():
+        return []
+    partial = [p for p in root.iterdir() if p.is_dir() and (_LEFTOVER.match(p.name) or (
+        _STEP_DIR.match(p.name) and not (p / STATE_FILE).exists()))]
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return partial
+
+
+def check_run_dir(output: Path, resume: str | Path | None, overwrite: bool = False) -> None:
+    """Refuse, before anything loads, a start that would mix two runs in ``output``.
+
+    Raises:
+        ConfigError: ``output`` holds files and neither ``resume`` nor ``overwrite`` is given; or ``resume`` is
+            ``auto`` and the run there already finished (``adapter/`` written).
+    """
+    output = Path(output)
+    if resume is None and not overwrite and output.is_dir() and any(output.iterdir()):
+        held = ", ".join(sorted(p.name for p in output.iterdir())[:4])
+        raise ConfigError(f"{output}: the run directory is not empty (it holds {held}); continue it with "
+                          f"--resume auto, start over with --overwrite (Python: overwrite=True), or set another output")
+    if str(resume) == "auto" and (output / FINAL_ADAPTER / "adapter_config.json").exists() and not overwrite:
+        raise ConfigError(f"{output}: this run already finished ({output / FINAL_ADAPTER} is written), so there is "
+                          "nothing to resume; train into another output, or pass --overwrite to start it over")
+
+
+def start_run(output: Path, config: dict[str, Any], resume: str | Path | None, *, overwrite: bool = False,
+              keep: int = 3, write: bool = True) -> Path | None:
+    """Prepare ``output`` for a run with the resolved ``config`` and return the checkpoint to resume from.
+
+    ``write`` is false on processes other than the first (only the checks run there).
+    """
+    output = Path(output)
+    check_run_dir(output, resume, overwrite)
+    if resume is not None and (output / RUN_CONFIG).is_file():
+        recorded = yaml.safe_load((output / RUN_CONFIG).read_text(encoding="utf-8")) or {}
+        _check_same_run(recorded, config, output / RUN_CONFIG)
+    if write:
+        if overwrite and resume is None:
+            for name in _RUN_ARTIFACTS:
+                target = output / name
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        remove_partial(output / "checkpoints")
+        prune(output / "checkpoints", keep)
+        atomic.write_text(output / RUN_CONFIG, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return find_resume(output, resume)
 
 
 def find_resume(output: Path, resume: str | Path | None) -> Path | None:

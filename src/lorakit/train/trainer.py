@@ -108,11 +108,15 @@ class Trainer:
         return cls(model, tokenizer, cfg, train, evaluation, callbacks=callbacks, progress=progress)
 
     # -- the loop -------------------------------------------------------------------------------------
-    def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
-        """Train to ``max_steps`` (or early stop); ``resume``: ``auto`` or a checkpoint directory. Returns the summary."""
+    def fit(self, resume: str | Path | None = None, *, overwrite: bool = False) -> dict[str, Any]:
+        """Train to ``max_steps`` (or early stop); ``resume``: ``auto`` or a checkpoint directory. Returns the summary.
+
+        A non-empty output directory is refused unless resuming or ``overwrite`` (see
+        :func:`lorakit.train.checkpoint.start_run`, which also writes the resolved ``config.yaml`` there)."""
         cfg = self.config.train
         started = time.perf_counter()
-        found = checkpoint.find_resume(self.output, resume)
+        found = checkpoint.start_run(self.output, self.config.resolved(), resume, overwrite=overwrite,
+                                     keep=cfg.keep_checkpoints, write=self.dist.main)
         if found is not None:
             self.state = checkpoint.load(found, self.model, self.adapter, self.optimizer, self.config.resolved())
             checkpoint.set_rng_state(self.state.rng[self.dist.rank])

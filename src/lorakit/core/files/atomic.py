@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from lorakit.core.errors import OutputExistsError
+
 
 def current_umask() -> int:
     """The process's umask, read from ``/proc/self/status`` where available (no change of process state)."""
@@ -92,3 +94,18 @@ def _replace_dir(staging: Path, path: Path) -> None:
         staging.rename(path)
         shutil.rmtree(retired, ignore_errors=True)
     _fsync_dir(path.parent)
+
+
+def check_output(path: str | Path, *, overwrite: bool, what: str = "output directory") -> Path:
+    """``path`` if it can be written as a new output: absent, an empty directory, or ``overwrite`` given.
+
+    Raises:
+        OutputExistsError: ``path`` is a file, or a directory that is not empty, and ``overwrite`` is false.
+    """
+    path = Path(path)
+    if overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return path
+    held = sorted(p.name for p in path.iterdir())[:4] if path.is_dir() else []
+    holds = f" (it holds {', '.join(held)}{', …' if len(held) == 4 else ''})" if held else ""
+    raise OutputExistsError(f"{path}: the {what} is not empty{holds}; pass --overwrite (Python: overwrite=True) to "
+                            "replace it, or choose another path")
