@@ -73,8 +73,9 @@ def write_demo_data(out: str | Path, *, fast: bool = False) -> dict[str, Path]:
     return make_demo_task(*SPLITS["fast" if fast else "real"]).write(Path(out) / "data")
 
 
-def evaluate_task(model, tokenizer, rows: list[dict], mode: str, batch_size: int = 16) -> tuple[dict, list[str]]:
-    """JSON triage scores of ``model`` on ``rows`` (greedy, the prompt without the answer)."""
+def evaluate_task(model, tokenizer, rows: list[dict], mode: str, batch_size: int | None = None) -> tuple[dict, list[str]]:
+    """JSON triage scores of ``model`` on ``rows`` (greedy, the prompt without the answer; adapters merged into a
+    copy of the weights while decoding, batch size chosen for the machine unless given)."""
     with precision.autocast(mode, next(model.parameters()).device.type):
         predictions = generate(model, tokenizer, [prompt_messages(r) for r in rows], max_new_tokens=40,
                                batch_size=batch_size)
@@ -118,7 +119,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", *, fast: bool = False, p
     eval_rows = encode_rows(load_rows(paths["val"]), tokenizer, "chat", config.data.max_length)
     log(f"training a LoRA (r={config.lora['r']}, drift guard {'on' if guard else 'off'}) for {config.train.max_steps} steps on {len(train_rows)} examples ...")
     mark = time.perf_counter()
-    summary = Trainer(model, tokenizer, config, train_rows, eval_rows, progress=progress).fit()
+    summary = Trainer(model, tokenizer, config, train_rows, eval_rows, progress=progress).fit(overwrite=True)  # a fresh demo
     seconds["train"] = time.perf_counter() - mark
 
     log("evaluating the adapted model ...")
