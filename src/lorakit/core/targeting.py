@@ -154,9 +154,10 @@ class Resolution:
 
 
 def saved_entries(config: LoraConfig) -> list[str]:
-    """``modules_to_save`` as PEFT applies it: the config's entries plus the SEQ_CLS heads for that task."""
+    """``modules_to_save`` as PEFT applies it: the config's entries plus the classifier heads for the SEQ_CLS and
+    TOKEN_CLS tasks."""
     entries = list(config.modules_to_save or [])
-    if (config.task_type or "").upper() == "SEQ_CLS":
+    if (config.task_type or "").upper() in ("SEQ_CLS", "TOKEN_CLS"):
         entries += [head for head in SEQ_CLS_HEADS if head not in entries]
     return entries
 
@@ -227,7 +228,16 @@ def _target_matches(name: str, config: LoraConfig, all_linear: set[str] | None) 
     return layer_index(name, config.layers_pattern) in layers
 
 
+_FUSED_EXPERT_PARAMS = ("gate_up_proj", "down_proj", "gate_proj", "up_proj")
+
+
 def _all_linear_names(model: nn.Module, config: LoraConfig) -> set[str]:
+    fused = [name for name, module in logical_modules(model)
+             if any(p.dim() == 3 and pname in _FUSED_EXPERT_PARAMS for pname, p in module.named_parameters(recurse=False))]
+    if fused:
+        raise ConfigError(f"targets 'all-linear': {fused[0]} holds fused expert weights as parameters, which PEFT's "
+                          "all-linear adapts (through target_parameters) and lorakit cannot; list the modules to adapt "
+                          "instead (e.g. targets=['q_proj', 'k_proj', 'v_proj', 'o_proj'])")
     names = {name for name, module in logical_modules(model) if is_linear(unwrap(module))}
     head = output_head(model)
     if head is not None:

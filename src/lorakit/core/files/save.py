@@ -63,7 +63,7 @@ def save_adapter(model: nn.Module, directory: str | Path, name: str = "default",
     peft_config = config_to_peft(config, leaf_names, fan_in_fan_out)
     model_config = getattr(model, "config", None)
     peft_config["base_model_name_or_path"] = config.base_model_name_or_path or getattr(model_config, "name_or_path", None) or None
-    peft_config["task_type"] = config.task_type or _task_type(model)
+    peft_config["task_type"] = config.task_type or _task_type(model)  # SEQ_CLS/TOKEN_CLS only when the config says: they make PEFT save heads
     meta = base_metadata(model)
     meta["adapter_name"] = name
     meta.update(metadata or {})
@@ -100,8 +100,4 @@ def _task_type(model: nn.Module) -> str | None:
     cls = type(model).__name__
     if cls.endswith("ForCausalLM") or cls.endswith("LMHeadModel"):
         return "CAUSAL_LM"
-    if cls.endswith("ForSequenceClassification"):
-        return "SEQ_CLS"
-    if cls.endswith("ForTokenClassification"):
-        return "TOKEN_CLS"
     return None
