@@ -10,6 +10,9 @@ dropped. Each batch carries one :class:`~lorakit.core.layers.RowRouting` (row â†
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
@@ -44,6 +47,13 @@ class Batch:
         return [(layer.keys, layer.values) for layer in self.cache.layers]  # each (batch, heads, length, dim)
 
 
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    """The name ``model_class.forward`` takes the KV cache by: ``cache`` in current transformers (which warns on
+    the old name), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 def _route(layers: list, routing: RowRouting) -> None:
     if layers and layers[0].routing is not routing:
         for layer in layers:
@@ -62,8 +72,8 @@ def prefill(model, layers: list, prompts: list[list[int]], adapters: list[str | 
     position_ids = (mask.cumsum(1) - 1).clamp(min=0)  # (n, longest)
     batch = Batch(DynamicCache(), mask, mask.sum(1), adapters, rows, solo_plans)
     _route(layers, batch.routing)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=batch.cache,
-                use_cache=True, logits_to_keep=1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1,
+                **{_cache_argument(type(model)): batch.cache})
     return batch, out.logits[:, -1]
 
 
@@ -72,8 +82,8 @@ def decode(model, layers: list, batch: Batch, tokens: list[int]) -> torch.Tensor
     ids = torch.tensor(tokens, dtype=torch.long).view(-1, 1)  # (batch, 1)
     batch.mask = F.pad(batch.mask, (0, 1), value=1)  # (batch, length + 1)
     _route(layers, batch.routing)
-    out = model(input_ids=ids, attention_mask=batch.mask, position_ids=batch.positions.view(-1, 1),
-                past_key_values=batch.cache, use_cache=True)
+    out = model(input_ids=ids, attention_mask=batch.mask, position_ids=batch.positions.view(-1, 1), use_cache=True,
+                **{_cache_argument(type(model)): batch.cache})
     batch.positions = batch.positions + 1
     return out.logits[:, -1]
 

@@ -97,7 +97,7 @@ class AdapterCache:
 
     # -- loading and eviction ---------------------------------------------------------------------
     def _load(self, name: str) -> None:
-        files = io.read_adapter(self.sources[name])
+        files = io.read_adapter(self.sources[name], device=_device(self.model))  # no copy when attached
         io.check_base(self.model, files)
         signature = repr(files.config)
         if signature not in self.shapes:
@@ -165,3 +165,8 @@ def _attach(model: nn.Module, name: str, files: io.AdapterFiles, tensors: dict,
         layer.attach_adapter(name, factors[module]["A"], factors[module]["B"], config.scale_for(module), config.dropout)
     adapter_state(model).configs[name] = config
     return list(layers.values())
+
+
+def _device(model: nn.Module):
+    """The device of the model's first parameter (where attached factors live)."""
+    return next(model.parameters()).device

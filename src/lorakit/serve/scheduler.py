@@ -1,9 +1,11 @@
 """Continuous batching: requests join the running decode batch at step boundaries and leave when done.
 
 Each :meth:`Scheduler.step` (1) drops requests whose client went away, (2) admits waiting requests into the
-free rows of the batch, taking adapters in turn (round robin over the adapters that have someone waiting, one
-request each turn, so a hot adapter cannot starve the others), prefills the newcomers together and joins them
-to the running batch, and (3) decodes one token for every running row. The waiting queue is bounded:
+free rows of the batch, taking adapters in turn (round robin over the adapters that have someone waiting, so a
+hot adapter cannot starve the others; a turn takes up to half the rows still free, at least one, so an adapter
+with a backlog brings several rows at once and a batch holds fewer distinct adapters, each read once per step),
+prefills the newcomers together and joins them to the running batch, and (3) decodes one token for every
+running row. The waiting queue is bounded:
 :meth:`submit` raises :class:`QueueFullError` beyond ``max_queue``.
 """
 
@@ -99,12 +101,14 @@ class Scheduler:
 
     def _admit(self) -> list[Request]:
         free = self.max_batch - (len(self.running) if self.running is not None else 0)
-        admitted, blocked = [], set()
+        admitted, blocked, turn = [], set(), []
         while free > 0:
-            with self.wakeup:
-                request = self._next_waiting(blocked)
-            if request is None:
-                break
+            if not turn:
+                with self.wakeup:
+                    turn = self._next_turn(blocked, max(1, free // 2))
+                if not turn:
+                    break
+            request = turn.pop(0)
             if request.cancelled:
                 self._finish(request, "cancelled")
                 continue
@@ -113,9 +117,10 @@ class Scheduler:
                     self.engine.cache.acquire(request.adapter)
             except CacheFullError:
                 with self.wakeup:
-                    self.waiting.setdefault(request.adapter, deque()).appendleft(request)
+                    self.waiting.setdefault(request.adapter, deque()).extendleft(reversed([request, *turn]))
                     self.waiting.move_to_end(request.adapter, last=False)
                 blocked.add(request.adapter)
+                turn = []
                 continue
             except Exception as err:  # unknown, corrupt or mismatched adapter: this request fails, others go on
                 self._fail(request, err)
@@ -124,19 +129,20 @@ class Scheduler:
             free -= 1
         return admitted
 
-    def _next_waiting(self, blocked: set) -> Request | None:
+    def _next_turn(self, blocked: set, most: int) -> list[Request]:
+        """Up to ``most`` oldest requests of the first adapter in rotation not ``blocked``; it goes to the end."""
         for adapter in list(self.waiting):
             queue = self.waiting[adapter]
             if adapter in blocked or not queue:
                 if not queue:
                     del self.waiting[adapter]
                 continue
-            request = queue.popleft()
+            taken = [queue.popleft() for _ in range(min(most, len(queue)))]
             self.waiting.move_to_end(adapter)  # this adapter's turn is over
             if not queue:
                 del self.waiting[adapter]
-            return request
-        return None
+            return taken
+        return []
 
     def _prefill(self, newcomers: list[Request]) -> None:
         engine = self.engine

@@ -67,8 +67,11 @@ def resolve_source(source: str | Path) -> Path:
     return Path(source)
 
 
-def read_adapter(source: str | Path) -> AdapterFiles:
-    """Read and check an adapter directory (or ``registry:name@version``) without touching any model."""
+def read_adapter(source: str | Path, device: str | torch.device = "cpu") -> AdapterFiles:
+    """Read and check an adapter directory (or ``registry:name@version``) without touching any model; tensors
+    are read straight onto ``device`` (e.g. the model's, so attaching them copies nothing).
+
+    Raises :class:`AdapterFileError` (missing, pickled, unreadable or damaged files, NaN/±inf values)."""
     path = resolve_source(source)
     if not path.is_dir():
         raise AdapterFileError(f"{path}: adapter directory not found")
@@ -81,13 +84,17 @@ def read_adapter(source: str | Path) -> AdapterFiles:
         raise AdapterFileError(f"{path}: no {WEIGHTS_FILE}{hint}")
     raw = _read_json(config_path)
     config = config_from_peft(raw, str(config_path))
-    tensors = check_tensors(_read_safetensors(weights_path), weights_path)
+    tensors = check_tensors(_read_safetensors(weights_path, device), weights_path)
     meta = check_meta(_read_json(path / META_FILE), path / META_FILE) if (path / META_FILE).exists() else {}
     return AdapterFiles(path, config, tensors, meta, raw)
 
 
 def check_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:
     """``tensors`` if every LoRA factor (a ``lora_`` key) is floating point and no floating tensor is NaN/±inf.
+
+    One pass over the values: each floating tensor's fp32 sum is finite unless it holds NaN/±inf (or the sum of
+    large finite values overflows), and all the sums are checked at once; only when one is not finite are that
+    tensor's values counted, and a tensor with none non-finite passes.
 
     Raises:
         AdapterFileError: naming the file, the tensor (its layer path), its dtype or how many values are not finite.
@@ -96,13 +103,16 @@ def check_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> dict[st
         if ".lora_" in key and not tensor.is_floating_point():
             raise AdapterFileError(f"{path}: tensor {key} is {str(tensor.dtype).removeprefix('torch.')}, not floating "
                                    "point; LoRA factors are float32/float16/bfloat16 — the file is damaged or not an adapter")
-        if tensor.is_floating_point():
-            bad = int((~torch.isfinite(tensor)).sum())
-            if bad:
-                nan = int(torch.isnan(tensor).sum())
-                raise AdapterFileError(f"{path}: tensor {key} holds {bad} non-finite value(s) ({nan} NaN, {bad - nan} "
-                                       f"inf) of {tensor.numel()}; the adapter was saved from a diverged run — use an "
-                                       "earlier checkpoint")
+    floating = [(key, tensor) for key, tensor in tensors.items() if tensor.is_floating_point() and tensor.numel()]
+    if not floating or bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float32) for _, t in floating])).all()):
+        return tensors
+    for key, tensor in floating:
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            nan = int(torch.isnan(tensor).sum())
+            raise AdapterFileError(f"{path}: tensor {key} holds {bad} non-finite value(s) ({nan} NaN, {bad - nan} "
+                                   f"inf) of {tensor.numel()}; the adapter was saved from a diverged run — use an "
+                                   "earlier checkpoint")
     return tensors
 
 
@@ -115,9 +125,9 @@ def _read_json(path: Path) -> Any:
         raise AdapterFileError(f"{path}: unreadable ({err})") from None
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="pt", device=str(device)) as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise AdapterFileError(f"{path}: not a readable safetensors file, truncated or corrupt ({err})") from None

@@ -8,7 +8,11 @@ ranks never pad one another. Per rank group, once per batch composition (cached 
   as they are — two matmuls, the second accumulating into the base output (``addmm``);
 * several adapters: the rows' factors are stacked once, ``Â: (n, in, r)`` and ``B̂: (n, r, out)`` with the
   scale folded into ``B̂``, and each step is two batched matmuls ``(n, T, in) @ Â -> (n, T, r) @ B̂``
-  (gathered bmm: each row reads only its own adapter, for decode ``T = 1`` and prefill alike).
+  (gathered bmm: each row reads only its own adapter, for decode ``T = 1`` and prefill alike);
+* several adapters, some shared by several rows: each distinct adapter is stacked once (``u`` of them) and its
+  rows are gathered into one slab, ``(u, m·T, in)`` with ``m`` the most rows any of them has (short slabs are
+  padded with a repeated row whose result is dropped), so every adapter's factors are read once per step
+  however many rows use it — factor reads, not flops, bound a decode step.
 
 Rows without an adapter in this layer are left out (``index_select`` / ``index_add_``); when a group covers
 every row in order, no indexing happens at all. Plain LoRA only: DoRA and AdaLoRA adapters, and adapters with
@@ -23,12 +27,14 @@ import torch
 import torch.nn.functional as F
 
 
-@dataclass
+@dataclass(slots=True)
 class RankGroup:
     """Rows of one rank in one layer. ``rows`` is ``None`` when the group is every row of the batch in order.
 
-    Shared: ``A: (r, in)``, ``B: (r, out)`` (a transposed view), ``scale`` the adapter's. Stacked:
-    ``A: (n, in, r)``, ``B: (n, r, out)`` already scaled, ``scale`` 1.
+    Shared: ``A: (in, r)`` and ``B: (r, out)`` (transposed views of the adapter's own factors), ``scale`` the
+    adapter's. Stacked: ``A: (u, in, r)``, ``B: (u, r, out)`` already scaled, ``scale`` 1; with ``gather``
+    (``(u·m,)`` batch row of each slab slot) and ``scatter`` (``(n,)`` slot of each of the group's rows) when
+    ``u`` distinct adapters serve ``n > u`` rows, else one slab per row (``u = n``) and both None.
     """
 
     rows: torch.Tensor | None
@@ -36,6 +42,8 @@ class RankGroup:
     B: torch.Tensor
     scale: float
     stacked: bool
+    gather: torch.Tensor | None = None
+    scatter: torch.Tensor | None = None
 
 
 def fast_names(layer, routing) -> set[str]:
@@ -65,14 +73,24 @@ def plan(layer, routing) -> tuple[list[RankGroup], list[str]]:
     for rows in rows_by_rank.values():
         index = None if rows == list(range(batch)) else torch.tensor(rows, dtype=torch.long, device=routing.device)
         used = [routing.row_adapters[row] for row in rows]
-        if len(set(used)) == 1:
-            name = used[0]
-            groups.append(RankGroup(index, lora_A[name], lora_B[name].T, layer.scaling[name], False))
+        names = list(dict.fromkeys(used))  # distinct, in first-row order
+        if len(names) == 1:
+            name = names[0]
+            groups.append(RankGroup(index, lora_A[name].T, lora_B[name].T, layer.scaling[name], False))
             continue
-        A = torch.stack([lora_A[name] for name in used]).transpose(1, 2)  # (n, r, in) -> (n, in, r), a view: bmm reads it fastest
-        scales = torch.tensor([layer.scaling[name] for name in used], dtype=A.dtype, device=A.device)
-        B = torch.stack([lora_B[name].T for name in used]) * scales.view(-1, 1, 1)  # (n, r, out) contiguous: 2× faster bmm
-        groups.append(RankGroup(index, A, B, 1.0, True))
+        A = torch.stack([lora_A[name] for name in names]).transpose(1, 2)  # (u, r, in) -> (u, in, r), a view: bmm reads it fastest
+        scales = torch.tensor([layer.scaling[name] for name in names], dtype=A.dtype, device=A.device)
+        B = torch.stack([lora_B[name].T for name in names]) * scales.view(-1, 1, 1)  # (u, r, out) contiguous: 2× faster bmm
+        if len(names) == len(used):
+            groups.append(RankGroup(index, A, B, 1.0, True))
+            continue
+        members = {name: [row for row, used_by in zip(rows, used) if used_by == name] for name in names}
+        m = max(len(rows_of) for rows_of in members.values())
+        gather = [row for name in names for row in members[name] + members[name][:1] * (m - len(members[name]))]
+        slot = {row: names.index(name) * m + k for name in names for k, row in enumerate(members[name])}
+        as_index = dict(dtype=torch.long, device=routing.device)
+        groups.append(RankGroup(index, A, B, 1.0, True, torch.tensor(gather, **as_index),
+                                torch.tensor([slot[row] for row in rows], **as_index)))
     slow = [name for name in routing.groups if name in lora_A and name not in ranks]
     if not torch.is_grad_enabled():
         routing.plans[key] = (groups, slow)
@@ -80,31 +98,45 @@ def plan(layer, routing) -> tuple[list[RankGroup], list[str]]:
 
 
 def add_rows(layer, x: torch.Tensor, out: torch.Tensor, groups: list[RankGroup]) -> torch.Tensor:
-    """``out[rows] += s · B (A x[rows])`` for each rank group; ``x: (batch, ..., in)``, ``out: (batch, ..., out)``."""
+    """``out[rows] += s · B (A x[rows])`` for each rank group; ``x: (batch, ..., in)``, ``out: (batch, ..., out)``.
+
+    Every op is a plain ``mm``/``bmm`` on precomputed (transposed) factors: a decode step pays the dispatcher
+    as little as possible per layer."""
     autocast = torch.is_autocast_enabled(x.device.type)
+    in_features, out_features = layer.in_features, layer.out_features
+    in_place = not out._is_view()
     for group in groups:
-        h = x if group.rows is None else x.index_select(0, group.rows)
-        n = h.shape[0]
-        if h.dtype != group.A.dtype and not autocast:
-            h = h.to(group.A.dtype)
-        fused = group.rows is None and not autocast and out.dtype == group.A.dtype and not out._is_view()
-        if group.stacked:
-            xa = torch.bmm(h.reshape(n, -1, layer.in_features), group.A)  # (n, T, in) @ (n, in, r) -> (n, T, r)
+        A = group.A
+        if group.gather is not None:
+            h = x.index_select(0, group.gather)  # (u·m, ..., in): each distinct adapter's rows, padded to m
+        else:
+            h = x if group.rows is None else x.index_select(0, group.rows)
+        if h.dtype != A.dtype and not autocast:
+            h = h.to(A.dtype)
+        fused = group.rows is None and group.gather is None and not autocast and out.dtype == A.dtype and in_place
+        if not group.stacked:
+            xa = torch.mm(h.reshape(-1, in_features), A)  # (n·T, in) @ (in, r) -> (n·T, r)
             if fused:
-                out.view(n, -1, layer.out_features).baddbmm_(xa, group.B)  # += (n, T, r) @ (n, r, out)
+                out.view(-1, out_features).addmm_(xa, group.B, alpha=group.scale)  # += s · (n·T, r) @ (r, out)
+                continue
+            delta = torch.mm(xa, group.B)  # (n·T, r) @ (r, out) -> (n·T, out)
+        elif group.gather is None:
+            n = h.shape[0]
+            xa = torch.bmm(h.reshape(n, -1, in_features), A)  # (n, T, in) @ (n, in, r) -> (n, T, r)
+            if fused:
+                out.view(n, -1, out_features).baddbmm_(xa, group.B)  # += (n, T, r) @ (n, r, out)
                 continue
             delta = torch.bmm(xa, group.B)  # (n, T, r) @ (n, r, out) -> (n, T, out)
         else:
-            xa = F.linear(h.reshape(-1, layer.in_features), group.A)  # (n·T, in) @ (in, r) -> (n·T, r)
-            if fused:
-                out.view(-1, layer.out_features).addmm_(xa, group.B, alpha=group.scale)  # += s · (n·T, r) @ (r, out)
-                continue
-            delta = torch.mm(xa, group.B)  # (n·T, r) @ (r, out) -> (n·T, out)
-        delta = delta.reshape(n, *out.shape[1:]).to(out.dtype)
+            u = A.shape[0]
+            xa = torch.bmm(h.reshape(u, -1, in_features), A)  # (u, m·T, in) @ (u, in, r) -> (u, m·T, r)
+            slots = torch.bmm(xa, group.B)  # (u, m·T, r) @ (u, r, out) -> (u, m·T, out)
+            delta = slots.reshape(group.gather.shape[0], -1).index_select(0, group.scatter)  # (n, T·out), rows in order
+        delta = delta.reshape(-1, *out.shape[1:]).to(out.dtype)
         if group.rows is None:
-            out = out.add(delta, alpha=group.scale) if out._is_view() else out.add_(delta, alpha=group.scale)
-        elif out._is_view():
-            out = out.index_add(0, group.rows, delta, alpha=group.scale)
-        else:
+            out = out.add_(delta, alpha=group.scale) if in_place else out.add(delta, alpha=group.scale)
+        elif in_place:
             out.index_add_(0, group.rows, delta, alpha=group.scale)
+        else:
+            out = out.index_add(0, group.rows, delta, alpha=group.scale)
     return out
