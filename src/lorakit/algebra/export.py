@@ -5,8 +5,9 @@ the requested dtype (checked again: fp16 overflows where fp32 does not) and save
 generation config, so ``AutoModelForCausalLM.from_pretrained(out)`` loads it with no lorakit installed.
 
 Tied embeddings: when the input embedding and the output head share one tensor (SmolLM2 does) and an adapter
-changes either, the unmerged model changes only one of them. The export then unties them — the head gets its
-own copy — and records ``tie_word_embeddings: false``, so the merged model computes what the unmerged one did.
+changes either, the unmerged model changes only one of them. The export follows the one rule of
+:mod:`lorakit.core.merge` (the adapted side gets its own copy, ``tie_word_embeddings: false``), so the merged
+model computes what the unmerged one did, as ``lk.merge`` and ``lk.merge_and_unload`` do.
 """
 
 from __future__ import annotations
@@ -19,15 +20,12 @@ import torch
 from torch import nn
 
 from lorakit._version import __version__
-from lorakit.core.files import atomic
-from lorakit.core import bases
 from lorakit.algebra.factors import base_of, load, parent_record
+from lorakit.core import bases
 from lorakit.core.errors import ConfigError, MergeError
-from lorakit.core.files import load_adapter
-from lorakit.core.layers import LoraLayer, ModulesToSave
+from lorakit.core.files import atomic, load_adapter
 from lorakit.core.merge import merge_and_unload
 from lorakit.core.model import lora_layers
-from lorakit.core.targeting import unwrap
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROVENANCE_FILE = "lorakit_merge.json"
@@ -68,8 +66,9 @@ def export_merged(adapters: list[tuple[str | Path, float]], out: str | Path, *, 
             if name in layer.scaling:
                 layer.scaling[name] *= weight  # ΔW of this adapter becomes w·s·B·A
         names.append(name)
-    untied = untie_touched_embeddings(model)
+    was_tied = bool(getattr(model.config, "tie_word_embeddings", False))
     plain = merge_and_unload(model, names, safe=safe)
+    untied = was_tied and not plain.config.tie_word_embeddings
     plain.to(DTYPES[dtype])
     if safe and dtype == "fp16":  # the fp32 merge was checked; bf16 has fp32's range, fp16 overflows past 65504
         check_finite(plain, dtype)
@@ -80,24 +79,6 @@ def export_merged(adapters: list[tuple[str | Path, float]], out: str | Path, *, 
                       "untied_embeddings": untied, "merged": [parent_record(p, w) for p, w in parents]}
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     return ExportResult(Path(out), base_name, dtype, untied)
-
-
-def untie_touched_embeddings(model: nn.Module) -> bool:
-    """Give the output head its own weight when it is tied to the input embedding and an adapter wraps either."""
-    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
-    if not callable(get_in) or not callable(get_out) or get_out() is None:
-        return False
-    wrapped_in, wrapped_out = get_in(), get_out()
-    embedding, head = unwrap(wrapped_in), unwrap(wrapped_out)
-    touched = any(isinstance(m, (LoraLayer, ModulesToSave)) for m in (wrapped_in, wrapped_out))
-    if head.weight is not embedding.weight or not touched:
-        return False
-    head.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=False)
-    model.config.tie_word_embeddings = False
-    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
-    if text_config is not None:
-        text_config.tie_word_embeddings = False
-    return True
 
 
 def check_finite(model: nn.Module, dtype: str) -> None:

@@ -2,9 +2,19 @@
 
 Merging is explicit: ``W ← W + scale·B·A`` computed in fp32 and cast back to W's dtype, optionally
 checked for NaN/inf before anything is written. Nothing here runs as a side effect of training.
+
+Tied weights, one rule for :func:`merge`, :func:`unmerge`, :func:`merge_and_unload` and the merged export:
+when a layer to be merged shares its weight with another module (``lm_head`` tied to ``embed_tokens``, or one
+module under two paths), the unmerged model changes only the adapted side. So before merging, that layer gets
+its own copy of the shared module and the model's ``tie_word_embeddings`` becomes ``False`` (so a saved merged
+model reloads untied); :func:`unmerge` puts the shared module back and restores the flag. A trained copy of a
+saved module (``modules_to_save``) is separate already; unloading it also clears the flag.
 """
 
 from __future__ import annotations
+
+import copy
+from collections import Counter
 
 from torch import nn
 
@@ -27,6 +37,13 @@ def _resolve(model: nn.Module, names: str | list[str] | None) -> list[str]:
     return names
 
 
+def _in_forward_order(model: nn.Module, names: list[str]) -> list[str]:
+    """``names`` with the active ones first, in the order forward applies them (DoRA rescales what comes
+    before it, so the order of merging must be that order for merged to equal unmerged)."""
+    active = active_adapters(model)
+    return [n for n in active if n in names] + [n for n in names if n not in active]
+
+
 def merge(model: nn.Module, names: str | list[str] | None = None, *, safe: bool = True,
           requantize: bool = False) -> nn.Module:
     """Fold adapters ``names`` (default: the active ones) into the base weights.
@@ -36,24 +53,76 @@ def merge(model: nn.Module, names: str | list[str] | None = None, *, safe: bool 
     in fp32; the merged layer stays in float unless ``requantize`` (see ``lorakit.core.merge_quantized`` for the
     rounding cost).
     """
-    names = _resolve(model, names)
+    names = _in_forward_order(model, _resolve(model, names))
     layers = [layer for _, layer in lora_layers(model)]
     already = sorted({n for layer in layers for n in layer.merged if n in names})
     if already:
         raise AdapterStateError(f"adapter(s) {already} already merged; call lk.unmerge(model) before merging again")
+    _untie(model, [layer for layer in layers if any(n in layer.lora_A and n not in layer.merged for n in names)])
     for layer in layers:
         for name in names:
             layer.merge(name, safe=safe, requantize=requantize)
     return model
 
 
+def shared_modules(model: nn.Module, modules: list[nn.Module]) -> list[nn.Module]:
+    """Those of ``modules`` whose weight another module also holds (tied), or that sit under two paths."""
+    owners = Counter(id(p) for m in model.modules() for p in m._parameters.values() if p is not None)
+    paths = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    shared = []
+    for module in modules:
+        weight = getattr(module, "weight", None)
+        if paths[id(module)] > 1 or (isinstance(weight, nn.Parameter) and owners[id(weight)] > 1):
+            shared.append(module)
+    return shared
+
+
+def _untie(model: nn.Module, layers: list[LoraLayer]) -> None:
+    """Give each of ``layers`` whose base is shared its own copy of it (see the module docstring)."""
+    shared = set(map(id, shared_modules(model, [layer.base_layer for layer in layers])))
+    state = adapter_state(model)
+    for layer in layers:
+        if id(layer.base_layer) in shared:
+            state.untied.append((layer, layer.base_layer))
+            layer.base_layer = _own_copy(layer.base_layer)
+    if shared:
+        _clear_tie_flag(model, state)
+
+
+def _own_copy(module: nn.Module) -> nn.Module:
+    """``module`` as a new module object with its own copy of ``weight`` (other tensors and hooks shared)."""
+    twin = copy.copy(module)
+    twin._parameters = type(module._parameters)(module._parameters)
+    twin._buffers = type(module._buffers)(module._buffers)
+    twin._modules = type(module._modules)(module._modules)
+    twin.weight = nn.Parameter(module.weight.detach().clone(), requires_grad=module.weight.requires_grad)
+    return twin
+
+
+def _clear_tie_flag(model: nn.Module, state) -> None:
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else None
+    for cfg in {id(c): c for c in (config, text) if c is not None}.values():
+        if getattr(cfg, "tie_word_embeddings", False):
+            state.tie_flags.append((cfg, True))
+            cfg.tie_word_embeddings = False
+
+
 def unmerge(model: nn.Module) -> nn.Module:
-    """Subtract every merged adapter from the base weights. Raises when nothing is merged."""
+    """Take every merged adapter out of the base weights again (W₀ restored in fp32; a quantised base gets its
+    quantised layer back as it was; weights a merge untied are tied again). Raises when nothing is merged."""
     layers = [layer for _, layer in lora_layers(model)]
     if not any(layer.merged for layer in layers):
         raise AdapterStateError("nothing is merged: unmerge has nothing to undo")
     for layer in layers:
         layer.unmerge()
+    state = adapter_state(model)
+    for layer, shared in reversed(state.untied):
+        layer.base_layer = shared
+    for cfg, flag in reversed(state.tie_flags):
+        cfg.tie_word_embeddings = flag
+    state.untied.clear()
+    state.tie_flags.clear()
     return model
 
 
@@ -89,6 +158,8 @@ def _replace_wrappers(model: nn.Module, keep_trained: list[str]) -> nn.Module:
         elif isinstance(module, ModulesToSave):
             chosen = next((n for n in keep_trained if n in module.modules_to_save), None)
             replacement = module.modules_to_save[chosen] if chosen else module.original_module
+            if chosen and shared_modules(model, [module.original_module]):
+                _clear_tie_flag(model, state)  # the trained copy replaces one side of a tie
         else:
             continue
         parent_name, _, child = name.rpartition(".")

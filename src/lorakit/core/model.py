@@ -9,12 +9,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lorakit.core.adapter_names import check_adapter_name
 from lorakit.core.bases import fingerprint
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import AdapterStateError, ConfigError
 from lorakit.core.layers import LAYER_TYPES, LoraEmbedding, LoraLayer, ModulesToSave, RowRouting
 from lorakit.core.layers.variants.dora import init_magnitude
+from lorakit.core.modules import unwrap
 from lorakit.core.targeting import find_saved_modules, find_targets, layer_kind
+from lorakit.core.transaction import all_or_nothing
 
 
 @dataclass
@@ -24,6 +27,10 @@ class AdapterState:
     configs: dict[str, LoraConfig] = field(default_factory=dict)
     active: tuple[str, ...] = ()
     original_requires_grad: dict[str, bool] = field(default_factory=dict)
+    untied: list[tuple[LoraLayer, nn.Module]] = field(default_factory=list)
+    """Layers a merge gave their own copy of a shared (tied) base, with the shared module to put back."""
+    tie_flags: list[tuple[object, bool]] = field(default_factory=list)
+    """``(config, tie_word_embeddings)`` as they were before a merge untied weights."""
 
 
 def adapter_state(model: nn.Module) -> AdapterState:
@@ -47,50 +54,56 @@ def _adapter_modules(model: nn.Module) -> Iterator[LoraLayer | ModulesToSave]:
             yield module
 
 
-def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not name or "." in name or name.startswith("registry:"):
-        raise ConfigError(f"adapter name must be a non-empty string without '.', got {name!r}")
-
-
 def inject(model: nn.Module, config: LoraConfig, name: str = "default", *, dtype: torch.dtype | None = None) -> nn.Module:
     """Add adapter ``name`` to every module ``config`` targets, in place; returns ``model``.
 
     The base is frozen; the new adapter's parameters (and the biases or saved modules ``config`` names)
     train. The first adapter injected becomes active; later ones wait for :func:`set_active`.
-    ``dtype`` sets the adapter parameters' dtype (default: the base weight's float dtype).
+    ``dtype`` sets the adapter parameters' dtype (default: the base weight's float dtype). Each new wrapper
+    takes the train/eval mode of the module it wraps (so dropout runs only if that module was training).
+
+    All or nothing: the name (:func:`~lorakit.core.adapter_names.check_adapter_name`) and the targets are
+    checked before the model is touched, and an error while adapting puts the model back exactly as it was.
+
+    Raises:
+        ConfigError: a name that would collide with module attributes or key names; an invalid target.
+        AdapterStateError: the model already has an adapter ``name``.
     """
-    _check_name(name)
     state = adapter_state(model)
     if name in state.configs:
         raise AdapterStateError(f"adapter {name!r} already exists; delete_adapter(model, {name!r}) first or choose another name")
+    check_adapter_name(name, model)
     targets = find_targets(model, config)
     saved = find_saved_modules(model, config)
     kinds = {t: LAYER_TYPES[layer_kind(model.get_submodule(t))] for t in targets}
     if config.use_dora and LoraEmbedding in kinds.values():
         first = next(t for t, k in kinds.items() if k is LoraEmbedding)
         raise ConfigError(f"use_dora applies to linear layers; target {first!r} is an embedding: exclude it or turn DoRA off")
-    if config.init not in ("default", "gaussian"):
-        model.__dict__["lorakit_fingerprint"] = fingerprint(model)  # PiSSA/OLoRA rewrite W₀; keep the original's
-    if not state.configs:
-        state.original_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-        for p in model.parameters():
-            p.requires_grad_(False)
-    for target in targets:
-        layer = _wrap(model, target, kinds[target])
-        layer.add_adapter(name, config.rank_for(target), config.scale_for(target), config.dropout, config.init)
-        if config.use_dora:
-            init_magnitude(layer, name)
-        if dtype is not None:
-            for attr in layer.adapter_param_names:
-                store = getattr(layer, attr)
-                if name in store:
-                    store[name].data = store[name].data.to(dtype)
-    for target in saved:
-        _wrap(model, target, ModulesToSave).add_adapter(name)
-    _train_biases(model, config)
-    state.configs[name] = config
-    model.__dict__["_lorakit"] = state
-    set_active(model, state.active or (name,))
+    rewrites_base = config.init not in ("default", "gaussian")  # PiSSA/OLoRA leave the residual in W₀
+    keep = [unwrap(model.get_submodule(t)).weight for t in targets] if rewrites_base else []
+    with all_or_nothing(model, keep):
+        if rewrites_base:
+            model.__dict__["lorakit_fingerprint"] = fingerprint(model)  # keep the original base's
+        if not state.configs:
+            state.original_requires_grad = {n: p.requires_grad for n, p in model.named_parameters(remove_duplicate=False)}
+            for p in model.parameters():
+                p.requires_grad_(False)
+        for target in targets:
+            layer = _wrap(model, target, kinds[target])
+            layer.add_adapter(name, config.rank_for(target), config.scale_for(target), config.dropout, config.init)
+            if config.use_dora:
+                init_magnitude(layer, name)
+            if dtype is not None:
+                for attr in layer.adapter_param_names:
+                    store = getattr(layer, attr)
+                    if name in store:
+                        store[name].data = store[name].data.to(dtype)
+        for target in saved:
+            _wrap(model, target, ModulesToSave).add_adapter(name)
+        _train_biases(model, config)
+        state.configs[name] = config
+        model.__dict__["_lorakit"] = state
+        set_active(model, state.active or (name,))
     return model
 
 
@@ -101,6 +114,9 @@ def _wrap(model: nn.Module, target: str, kind: type) -> nn.Module:
     parent_name, _, child = target.rpartition(".")
     wrapper = kind(module)
     wrapper.path = target
+    for part in wrapper.modules():  # the wrapper and its own containers follow the wrapped module's mode
+        if part is not module and not any(part is inner for inner in module.modules()):
+            part.training = module.training
     setattr(model.get_submodule(parent_name) if parent_name else model, child, wrapper)
     return wrapper
 
@@ -172,10 +188,19 @@ def row_adapters(model: nn.Module, names: list[str | None]) -> Iterator[nn.Modul
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:
-    """Remove adapter ``name`` from every layer. A merged adapter must be unmerged first."""
+    """Remove adapter ``name`` from every layer. All or nothing: a merged adapter is refused (unmerge first)
+    before any layer is changed.
+
+    Raises:
+        AdapterStateError: no adapter ``name``, or it is merged into some layer.
+    """
     state = adapter_state(model)
     if name not in state.configs:
         raise AdapterStateError(f"no adapter named {name!r}; the model has {adapter_names(model) or 'none'}")
+    merged_in = [path for path, layer in lora_layers(model) if name in layer.merged]
+    if merged_in:
+        raise AdapterStateError(f"adapter {name!r} is merged into {merged_in[0]} (and {len(merged_in) - 1} more layers); "
+                                "call lk.unmerge(model) before deleting it")
     for module in _adapter_modules(model):
         module.delete_adapter(name)
     del state.configs[name]

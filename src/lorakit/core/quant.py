@@ -67,6 +67,7 @@ def quantize_model(model: nn.Module, kind: str, *, compute_dtype: torch.dtype | 
                and not any(part in f".{name}." for part in (".modules_to_save.", ".original_module."))]
     for name, linear in targets:
         quantised = _nf4(linear, dtype) if kind == "nf4" else _int8(linear)
+        quantised.train(linear.training)  # the new layer keeps the train/eval mode of the one it replaces
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, quantised.to(device))
     model.__dict__["lorakit_quantize"] = kind

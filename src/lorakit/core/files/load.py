@@ -11,11 +11,13 @@ from torch import nn
 from lorakit.core.bases import fingerprint
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import AdapterStateError, BaseMismatchError
-from lorakit.core.files.layout import check_fits
+from lorakit.core.files.layout import check_fits, expected_shapes
 from lorakit.core.files.peft_format import PREFIX, bias_key, file_key, saved_module_key
 from lorakit.core.files.read import AdapterFiles, read_adapter
 from lorakit.core.layers import LoraEmbedding, ModulesToSave
-from lorakit.core.model import adapter_parameters, adapter_state, delete_adapter, inject, lora_layers
+from lorakit.core.modules import unwrap
+from lorakit.core.model import adapter_parameters, adapter_state, inject, lora_layers
+from lorakit.core.transaction import all_or_nothing
 
 
 def load_adapter(model: nn.Module, source: str | Path, name: str = "default", *, allow_base_mismatch: bool = False,
@@ -23,19 +25,23 @@ def load_adapter(model: nn.Module, source: str | Path, name: str = "default", *,
     """Load an adapter directory into ``model`` as adapter ``name`` (injecting it); returns ``model``.
 
     Everything is validated first — files, config, base fingerprint, keys and shapes — and on any error the
-    model is left exactly as it was. ``trainable`` keeps the adapter's parameters trainable.
+    model is left exactly as it was. ``trainable`` keeps the adapter's parameters trainable. An adapter that
+    carries full embedding / output-head matrices (PEFT saves them for a resized vocabulary) writes them into
+    the base, as PEFT does; the model must have been resized to their shape.
     """
     if name in adapter_state(model).configs:
         raise AdapterStateError(f"adapter {name!r} already exists; delete_adapter(model, {name!r}) first or choose another name")
     files = read_adapter(source)
     check_base(model, files, allow_base_mismatch)
-    tensors = check_fits(model, files)
-    inject(model, files.config, name)
-    try:
+    shapes = expected_shapes(model, files.config)
+    tensors = check_fits(model, files, shapes, full_layers_ok=True)
+    full = {key: t for key, t in tensors.items() if key not in shapes}
+    written = [p for pname, p in model.named_parameters() if pname.endswith("bias")] if files.config.bias != "none" else []
+    written += [_full_layer(model, key).weight for key in full]
+    with all_or_nothing(model, keep=written):  # on any error the model is exactly as before
+        inject(model, files.config, name)
         _copy_in(model, files.config, name, tensors)
-    except BaseException:
-        delete_adapter(model, name)
-        raise
+        _copy_full_layers(model, full)
     if not trainable:
         for p in adapter_parameters(model, name).values():
             p.requires_grad_(False)
@@ -91,3 +97,14 @@ def _copy_in(model: nn.Module, config: LoraConfig, name: str, tensors: dict[str,
                     module_name = key[len(PREFIX):-len(".bias")]
                     if not isinstance(model.get_submodule(module_name), ModulesToSave):
                         model.get_submodule(module_name).bias.copy_(tensor)
+
+
+def _copy_full_layers(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Write the full matrices :func:`lorakit.core.files.layout.full_layers` found into the base parameters."""
+    with torch.no_grad():
+        for key, tensor in tensors.items():
+            _full_layer(model, key).weight.copy_(tensor)
+
+
+def _full_layer(model: nn.Module, key: str) -> nn.Module:
+    return unwrap(model.get_submodule(key[len(PREFIX):-len(".weight")].removesuffix(".base_layer")))

@@ -142,24 +142,39 @@ class LoraLayer(Wrapper, ABC):
         target = self._base_weight()
         target.data.copy_(weight.to(target.dtype))
 
-    def merged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        """The base weight with adapter ``name`` folded in: ``W + ΔW``."""
+    def merged_weight(self, name: str, weight: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """The weight ``weight`` (fp32, base layout) with adapter ``name`` folded in: ``W + ΔW``. ``base`` is W₀,
+        the weight before any merge (default ``weight``); variants whose delta depends on it (DoRA) read it."""
         return weight + self.delta_weight(name)
 
     def unmerged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`merged_weight`: ``W − ΔW``."""
         return weight - self.delta_weight(name)
 
+    def original_weight(self) -> torch.Tensor:
+        """W₀ in fp32 (base layout): the base weight with every merged adapter taken out again, newest first."""
+        weight = self.read_weight()
+        for name in reversed(self.merged):
+            weight = self.unmerged_weight(name, weight)
+        return weight
+
     def merge(self, name: str, safe: bool = True, requantize: bool = False) -> None:
         """Fold adapter ``name`` into the base weight, computed in fp32 and cast back.
 
-        A quantised base is dequantised first; the result stays in float unless ``requantize``.
+        Adapters fold in the order they are merged, each as it acts in forward after the ones before it, so
+        any number of merged adapters (DoRA among them) give the unmerged outputs. A quantised base is
+        dequantised first; the result stays in float unless ``requantize``.
+
+        Raises:
+            AdapterStateError: ``name`` is already merged here.
+            MergeError: with ``safe``, the merged weight would hold NaN/inf (nothing is written).
         """
         if name not in self.lora_A:
             return
         if name in self.merged:
             raise AdapterStateError(f"layer {self.path}: adapter {name!r} is already merged; unmerge before merging again")
-        merged = self.merged_weight(name, self.read_weight())
+        weight = self.read_weight()
+        merged = self.merged_weight(name, weight, self.original_weight() if self.merged else weight)
         if safe and not torch.isfinite(merged).all():
             raise MergeError(f"layer {self.path}: merging adapter {name!r} would write NaN/inf into a weight of shape "
                              f"{tuple(merged.shape)}; the adapter is broken")
@@ -167,10 +182,10 @@ class LoraLayer(Wrapper, ABC):
         self.merged.append(name)
 
     def unmerge(self) -> None:
-        """Undo every merged adapter (in fp32), newest first; the base keeps its current form."""
-        while self.merged:
-            name = self.merged.pop()
-            self.write_weight(self.unmerged_weight(name, self.read_weight()), requantize=True)
+        """Undo every merged adapter at once: W₀ is computed in fp32 (:meth:`original_weight`) and written back."""
+        if self.merged:
+            self.write_weight(self.original_weight(), requantize=True)
+            self.merged.clear()
 
     # -- forward helpers -----------------------------------------------------------------------------
     def _unmerged_active(self) -> tuple[str, ...]:

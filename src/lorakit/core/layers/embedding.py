@@ -1,4 +1,11 @@
-"""LoraEmbedding: ``h = E₀[ids] + scale · Aᵀ[ids] · Bᵀ`` around ``nn.Embedding``."""
+"""LoraEmbedding: ``h = E₀[ids] + scale · Aᵀ[ids] · Bᵀ`` around ``nn.Embedding``.
+
+Embeddings that scale their own output (Gemma3's ``Gemma3TextScaledWordEmbedding`` returns ``E₀[ids]·c``
+with ``c = embed_scale = √dim``) get the LoRA delta scaled by the same ``c``, as PEFT does
+(``LoraLayer._get_embed_scale``), so the adapter acts on what the model sees and merging ``ΔE`` into ``E₀``
+(which the module then scales) changes nothing. Models that scale after the embedding module (Gemma, Gemma2)
+scale the delta with it by themselves.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.core.errors import ConfigError
 from lorakit.core.layers.base import LoraLayer
 
 
@@ -19,6 +27,28 @@ class LoraEmbedding(LoraLayer):
     def __init__(self, base_layer: nn.Embedding) -> None:
         super().__init__(base_layer, base_layer.num_embeddings, base_layer.embedding_dim)
 
+    def add_adapter(self, name: str, r: int, scale: float, dropout: float, init: str = "default") -> None:
+        """:meth:`LoraLayer.add_adapter`, after checking that the embedding's own output scale can be applied."""
+        self.embed_scale()
+        super().add_adapter(name, r, scale, dropout, init)
+
+    def embed_scale(self) -> torch.Tensor | None:
+        """The factor ``c`` the wrapped embedding multiplies its output by (its ``embed_scale``), or None.
+
+        Raises:
+            ConfigError: ``embed_scale`` is not a scalar (PEFT would skip it with a warning; lorakit refuses).
+        """
+        scale = getattr(self.base_layer, "embed_scale", None)
+        if scale is None:
+            return None
+        if isinstance(scale, (int, float)):
+            return torch.tensor(float(scale))
+        if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+            return scale
+        shape = tuple(scale.shape) if isinstance(scale, torch.Tensor) else type(scale).__name__
+        raise ConfigError(f"layer {self.path}: embedding has embed_scale of shape {shape}, not a scalar; LoRA cannot "
+                          "scale its delta like the model scales this embedding: exclude it from the targets")
+
     def reset_adapter(self, name: str, init: str = "default") -> None:
         with torch.no_grad():
             nn.init.zeros_(self.lora_A[name])
@@ -31,7 +61,9 @@ class LoraEmbedding(LoraLayer):
         base = self.base_layer
         after_a = F.embedding(ids, self.lora_A[name].T, base.padding_idx, base.max_norm, base.norm_type,
                               base.scale_grad_by_freq, base.sparse)  # (..., r)
-        return after_a @ self.lora_B[name].T  # (..., r) @ (r, dim) -> (..., dim)
+        delta = after_a @ self.lora_B[name].T  # (..., r) @ (r, dim) -> (..., dim)
+        scale = self.embed_scale()
+        return delta if scale is None else delta * scale.to(delta.dtype)  # c · (..., dim), as the base output
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """``h = E₀[ids] + Σₐ sₐ · Aₐᵀ[ids] · Bₐᵀ`` over the active adapters not merged into ``E₀``.

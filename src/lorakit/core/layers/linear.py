@@ -7,6 +7,7 @@ Variants live beside plain LoRA in the same dicts: an adapter with a ``lora_magn
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -57,6 +58,8 @@ class LoraLinear(LoraLayer):
         self.lora_A0 = nn.ParameterDict()  # PiSSA/OLoRA: A and B at initialisation (frozen), to save against W₀
         self.lora_B0 = nn.ParameterDict()
         self.dora_factors: dict[str, torch.Tensor] = {}  # f of each merged DoRA adapter, to unmerge exactly
+        # the quantised layer as it was before the first merge; a plain attribute, not a submodule (no state_dict key)
+        self.__dict__["quantized_base"] = None
 
     def reset_adapter(self, name: str, init: str = "default") -> None:
         """Kaiming-uniform A (as ``nn.Linear`` initialises its weight) or N(0, 1/r) A with zero B; or, for
@@ -85,20 +88,33 @@ class LoraLinear(LoraLayer):
     def read_weight(self) -> torch.Tensor:
         return quant.dequantize(self.base_layer) if self.is_quantized() else super().read_weight()
 
+    def original_weight(self) -> torch.Tensor:
+        """W₀ (fp32, base layout); for a quantised base merged into, the dequantised layer kept from before."""
+        if self.quantized_base is not None:
+            return quant.dequantize(self.quantized_base)
+        return super().original_weight()
+
     def write_weight(self, weight: torch.Tensor, requantize: bool = False) -> None:
         """Store ``weight``; a quantised base is re-quantised with ``requantize``, else replaced by a float
-        ``nn.Linear`` (in the dtype the model had before quantisation)."""
+        ``nn.Linear`` (in the dtype the model had before quantisation). The quantised layer of before the first
+        merge is kept (:attr:`quantized_base`, 4-bit: small) so that :meth:`unmerge` puts it back bit for bit."""
         if not self.is_quantized():
             return super().write_weight(weight)
-        if requantize:
-            return quant.set_weight(self.base_layer, weight)
         base = self.base_layer
+        if self.quantized_base is None:
+            self.__dict__["quantized_base"] = base
+        if requantize:
+            requantized = copy.deepcopy(base) if base is self.quantized_base else base
+            quant.set_weight(requantized, weight)
+            self.base_layer = requantized
+            return
         dtype = getattr(base, "lorakit_float_dtype", torch.float32)
         dense = nn.Linear(self.in_features, self.out_features, bias=base.bias is not None, device=weight.device, dtype=dtype)
         dense.weight.data.copy_(weight)
         if base.bias is not None:
             dense.bias.data.copy_(base.bias.data)
         dense.requires_grad_(False)
+        dense.train(self.training)
         self.base_layer = dense
 
     def factor_product(self, name: str) -> torch.Tensor:
@@ -112,13 +128,17 @@ class LoraLinear(LoraLayer):
         delta = self.scaling[name] * self.factor_product(name)
         return delta.T if self.fan_in_fan_out else delta
 
-    def merged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        """``W + ΔW`` for fp32 ``weight`` in the base layout; for DoRA ``f ⊙ (W + s·B·A)``. Reads only."""
+    def merged_weight(self, name: str, weight: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """``W + ΔW`` for fp32 ``weight`` in the base layout; for DoRA ``f ⊙ (W + s·B·A)`` with ``f`` from the
+        norm of ``W₀ + s·B·A`` (``base`` = W₀, default ``weight``), as DoRA acts in forward. Reads only."""
         if name not in self.lora_magnitude:
-            return super().merged_weight(name, weight)
-        dense = weight.T if self.fan_in_fan_out else weight
-        merged, _ = dora.merged_weight(self, name, dense)
-        return merged.T if self.fan_in_fan_out else merged
+            return super().merged_weight(name, weight, base)
+        f = dora.factor(self, name, self._dense(weight if base is None else base)).detach()
+        return self._dense(dora.merged_weight(self, name, self._dense(weight), f))
+
+    def _dense(self, weight: torch.Tensor) -> torch.Tensor:
+        """Base layout <-> ``(out, in)``: a transpose for Conv1D (its own inverse), else ``weight`` itself."""
+        return weight.T if self.fan_in_fan_out else weight
 
     def unmerged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`merged_weight`; DoRA divides by the ``f`` recorded when it was merged. Reads only."""
@@ -129,14 +149,19 @@ class LoraLinear(LoraLayer):
         return restored.T if self.fan_in_fan_out else restored
 
     def merge(self, name: str, safe: bool = True, requantize: bool = False) -> None:
-        """:meth:`LoraLayer.merge`, recording DoRA's ``f`` of the pre-merge weight so unmerging is exact."""
-        f = dora.factor(self, name, self.dense_weight()).detach() if name in self.lora_magnitude else None
+        """:meth:`LoraLayer.merge`, recording DoRA's ``f`` (from W₀) so unmerging is exact."""
+        dora_f = name in self.lora_magnitude and name not in self.merged
+        f = dora.factor(self, name, self._dense(self.original_weight())).detach() if dora_f else None
         super().merge(name, safe, requantize)
         if f is not None:
             self.dora_factors[name] = f
 
     def unmerge(self) -> None:
-        """:meth:`LoraLayer.unmerge`, then forget the recorded DoRA factors."""
+        """:meth:`LoraLayer.unmerge`, then forget the recorded DoRA factors. A quantised base merged into gets
+        its own quantised layer back, exactly as it was (no subtract-and-requantise rounding)."""
+        if self.quantized_base is not None:
+            self.base_layer, self.__dict__["quantized_base"] = self.quantized_base, None
+            self.merged.clear()
         super().unmerge()
         self.dora_factors.clear()
 
@@ -159,10 +184,9 @@ class LoraLinear(LoraLayer):
         active = self._unmerged_active()
         dora_active = [name for name in active if name in self.lora_magnitude]
         in_place = can_add_in_place(out, keeps_base_output=bool(dora_active))
-        base_out = out
         for name in active:
             if name in dora_active:
-                delta, scale = dora.extra_output(self, name, x, base_out), 1.0  # (..., out)
+                delta, scale = dora.extra_output(self, name, x, out), 1.0  # (..., out): rescales all before it
             else:
                 delta, scale = self.factor_forward(self.adapter_input(x, name), name), self.scaling[name]  # (..., out)
             delta = delta.to(out.dtype)

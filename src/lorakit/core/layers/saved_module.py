@@ -43,7 +43,8 @@ class ModulesToSave(Wrapper):
         self.modules_to_save[name] = trainable
 
     def delete_adapter(self, name: str) -> None:
-        self.modules_to_save.pop(name, None)
+        if name in self.modules_to_save:
+            del self.modules_to_save[name]
         self.active = tuple(n for n in self.active if n != name)
 
     def set_active(self, names: tuple[str, ...]) -> None:

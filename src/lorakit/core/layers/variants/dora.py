@@ -9,6 +9,11 @@ With ``V = W₀ + s·B·A`` (``(out, in)``) and ``m: (out,)`` the adapted weight
     (f − 1) ⊙ W₀x  +  f ⊙ s·B·A·x
 
 which equals ``W'x + b`` without forming ``W'`` for the matmul. PEFT stores ``m`` as ``lora_magnitude_vector``.
+
+Several active adapters run in order, as in PEFT: a DoRA adapter rescales the output accumulated before it
+(other adapters included), so adapter ``k`` maps ``W_{k−1}`` to ``W_k = f_k ⊙ (W_{k−1} + s_k·B_k·A_k)`` with
+``f_k`` from the norm of ``W₀ + s_k·B_k·A_k`` (plain LoRA: ``f_k = 1``). Merging adapter after adapter in
+that order is therefore exact, and unmerging divides back, newest first.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ def extra_output(layer, name: str, x: torch.Tensor, base_out: torch.Tensor) -> t
 
     With dropout active in training, ``W₀`` is applied to the dropped-out input as PEFT does.
     """
-    weight = layer.dense_weight()  # (out, in) fp32
+    weight = layer.dense_weight() if not layer.merged else layer._dense(layer.original_weight())  # W₀: (out, in) fp32
     f = factor(layer, name, weight)
     h = layer.adapter_input(x, name)
     lora_out = layer.factor_forward(h, name)  # (..., in) -> (..., out)
@@ -60,10 +65,9 @@ def extra_output(layer, name: str, x: torch.Tensor, base_out: torch.Tensor) -> t
     return ((f - 1).to(base_term.dtype) * base_term).to(lora_out.dtype) + f * lora_out * layer.scaling[name]
 
 
-def merged_weight(layer, name: str, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(f ⊙ (W + s·B·A), f)`` for ``W`` fp32 ``(out, in)``; ``f`` is kept to undo the merge exactly."""
-    f = factor(layer, name, weight).detach()
-    return f.view(-1, 1) * (weight + lora_delta(layer, name)), f
+def merged_weight(layer, name: str, weight: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """``f ⊙ (W + s·B·A)`` for ``W`` fp32 ``(out, in)`` and ``f: (out,)`` from :func:`factor` of W₀."""
+    return f.view(-1, 1) * (weight + lora_delta(layer, name))
 
 
 def unmerged_weight(layer, name: str, weight: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
