@@ -16,6 +16,7 @@ written to ``config.yaml``, so ``lorakit train --resume RUN_DIR`` continues exac
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -152,7 +153,12 @@ def check_run_dir(output: Path, resume: str | Path | None, overwrite: bool = Fal
     Raises:
         ConfigError: ``output`` holds files and neither ``resume`` nor ``overwrite`` is given; or ``resume`` is
             ``auto`` and the run there already finished (``adapter/`` written).
+
+    Only the first process checks (torchrun's ``RANK`` 0): the others could already see what it wrote; if it
+    refuses, torchrun stops them.
     """
+    if os.environ.get("RANK", "0") != "0":
+        return
     output = Path(output)
     if resume is None and not overwrite and output.is_dir() and any(output.iterdir()):
         held = ", ".join(sorted(p.name for p in output.iterdir())[:4])

@@ -9,8 +9,8 @@ Two terms, both against the base computed by the same model inside ``lk.disabled
     instead of ``4·V`` (k = 64, V = 49,152: 516 bytes instead of 196 KB), because a language model's next-token
     mass sits on few tokens. The KL is then taken between the two distributions coarsened to those ``k + 1``
     buckets: a lower bound of the full KL (data-processing inequality), equal to it when the tail is empty,
-    and exactly 0 while the adapter is the identity (``B = 0``). The base's distributions do not depend on the
-    adapter, so a resumed run rebuilds the same cache.
+    and exactly 0 while the adapter is the identity (``B = 0``). The cache is written to the run directory
+    (:mod:`lorakit.train.guard_cache`), so a resumed run reads it instead of generating again.
 (b) **The training batch itself** (:func:`non_target_kl`, used by :class:`GuardedTokenLoss`). At each labelled
     position the target token is removed from both distributions, the rest renormalised, and
     ``KL(base ‖ adapted)`` over those non-target tokens added with weight ``batch_weight``: the task may raise
@@ -23,7 +23,6 @@ penalties of RLHF (Ouyang et al. 2022).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +35,8 @@ from lorakit.core.errors import DataError
 from lorakit.core.model import disabled
 from lorakit.data.collate import collate
 from lorakit.data.encode import IGNORE, Encoded
-from lorakit.data.load import load_rows
+from lorakit.data.load import RowSet, load_rows
+from lorakit.train import guard_cache
 from lorakit.train.callbacks import Callback
 from lorakit.train.loss import CHUNK, TokenLoss, linear_cross_entropy
 from lorakit.train.objective_config import DriftGuardSection
@@ -162,22 +162,13 @@ class GuardedTokenLoss(TokenLoss):
 
 
 # -- (a) general text, cached base top-k ------------------------------------------------------------------
-@dataclass
-class _Slice:
-    """One process's share of one guard batch, with the base's cached distributions at its positions."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    ids: torch.Tensor
-    top: torch.Tensor
-    tail: torch.Tensor
-
-
 class DriftGuard(Callback):
     """Adds ``weight · KL(base ‖ adapted)`` on general text to every step's loss (term (a) of this module).
 
     Guard batch ``s mod n`` is used at step ``s``; under DDP process ``r`` takes rows ``r, r + W, ...`` of it and
-    scales its sum so that the gradient DDP averages equals the single-process mean over the whole batch.
+    scales its sum so that the gradient DDP averages equals the single-process mean over the whole batch. The
+    base's distributions are kept in ``<output>/drift_guard_base.safetensors`` (:mod:`lorakit.train.guard_cache`),
+    so a resumed run reads them instead of generating the base's answers again.
     Raises :class:`DataError` (``file:line``) for a guard file row without ``prompt``, ``messages`` or ``text``.
     """
 
@@ -186,35 +177,48 @@ class DriftGuard(Callback):
     def __init__(self, section: DriftGuardSection) -> None:
         self.section = section
         self.term_value = 0.0
+        self.cache_reused = False
+        """Whether the last :meth:`on_train_begin` read the base's distributions from the run directory."""
 
     def on_train_begin(self, trainer: "Trainer") -> None:
+        self.tokens = TokenLoss(trainer.model)
+        rows = load_rows(guard_source(self.section))
+        key = guard_cache.cache_key(trainer.model, trainer.tokenizer, self.section, rows.sha256 or "",
+                                    trainer.precision)
+        path = trainer.output / guard_cache.CACHE_FILE
+        batches = guard_cache.read(path, key)
+        self.cache_reused = batches is not None
+        if batches is None:
+            batches = self._build(trainer, rows)
+            if trainer.dist.main:
+                guard_cache.write(path, key, batches)
+        rank, world = trainer.dist.rank, trainer.dist.world
+        self.batches: list[tuple[guard_cache.GuardBatch | None, int]] = []
+        for batch in batches:
+            mine = batch.share(rank, world)
+            self.batches.append((mine.to(trainer.device) if mine is not None else None,
+                                 int(batch.attention_mask.sum())))
+
+    @torch.no_grad()
+    def _build(self, trainer: "Trainer", rows) -> list[guard_cache.GuardBatch]:
         from lorakit.train import precision
 
-        self.tokens = TokenLoss(trainer.model)
         was_training = trainer.model.training
         trainer.model.eval()
         with precision.autocast(trainer.precision, trainer.device.type):
-            rows = guard_sequences(trainer.model, trainer.tokenizer, self.section)
+            sequences = guard_sequences(trainer.model, trainer.tokenizer, self.section, rows)
         size = self.section.batch_size
-        batches = [[rows[(i + j) % len(rows)] for j in range(size)] for i in range(0, len(rows), size)]
-        rank, world = trainer.dist.rank, trainer.dist.world
-        self.batches: list[tuple[_Slice | None, int]] = []
-        for batch in batches:
-            total = sum(len(e.input_ids) for e in batch)
-            mine = batch[rank::world]
-            self.batches.append((self._cache(trainer, mine) if mine else None, total))
+        built = []
+        for start in range(0, len(sequences), size):
+            examples = [sequences[(start + j) % len(sequences)] for j in range(size)]
+            tensors = collate(examples, trainer.pad_id)
+            ids, mask = tensors["input_ids"].to(trainer.device), tensors["attention_mask"].to(trainer.device)
+            with disabled(trainer.model), precision.autocast(trainer.precision, trainer.device.type):
+                states, weight = position_states(self.tokens, ids, mask)
+                top_ids, top, tail = base_top_k(states[mask.bool()], weight, self.section.top_k)
+            built.append(guard_cache.GuardBatch(ids, mask, top_ids, top, tail))
         trainer.model.train(was_training)
-
-    @torch.no_grad()
-    def _cache(self, trainer: "Trainer", examples: list[Encoded]) -> _Slice:
-        from lorakit.train import precision
-
-        tensors = collate(examples, trainer.pad_id)
-        ids, mask = tensors["input_ids"].to(trainer.device), tensors["attention_mask"].to(trainer.device)
-        with disabled(trainer.model), precision.autocast(trainer.precision, trainer.device.type):
-            states, weight = position_states(self.tokens, ids, mask)
-            top_ids, top, tail = base_top_k(states[mask.bool()], weight, self.section.top_k)
-        return _Slice(ids, mask, top_ids, top, tail)
+        return built
 
     def loss_term(self, trainer: "Trainer") -> torch.Tensor | None:
         scale = trainer_scale(self.section, trainer)
@@ -228,6 +232,11 @@ class DriftGuard(Callback):
         return kl * (self.section.weight * scale * trainer.dist.world / total)
 
 
+def guard_source(section: DriftGuardSection) -> str | Path:
+    """The guard's general-text file: the shipped prompts for ``data: general``, else the user's path."""
+    return shipped_guard_prompts() if section.data == GENERAL else section.data
+
+
 def trainer_scale(section: DriftGuardSection, trainer: "Trainer") -> float:
     """The schedule's factor at the current step: 1, or ``step / max_steps`` rising linearly."""
     if section.schedule == "constant":
@@ -235,10 +244,10 @@ def trainer_scale(section: DriftGuardSection, trainer: "Trainer") -> float:
     return (trainer.state.step + 1) / trainer.config.train.max_steps
 
 
-def guard_sequences(model: nn.Module, tokenizer, section: DriftGuardSection) -> list[Encoded]:
-    """Token sequences of the guard's general text; ``prompt`` rows get the base's greedy answer appended."""
-    source = shipped_guard_prompts() if section.data == GENERAL else section.data
-    rows = load_rows(source)
+def guard_sequences(model: nn.Module, tokenizer, section: DriftGuardSection, rows: RowSet | None = None) -> list[Encoded]:
+    """Token sequences of the guard's general text (``rows``, read from ``section.data`` when not given);
+    ``prompt`` rows get the base's greedy answer appended."""
+    rows = rows if rows is not None else load_rows(guard_source(section))
     texts: list[tuple[str, bool] | None] = []  # (text, whether the tokenizer adds its special tokens)
     prompts: list[tuple[int, list[dict]]] = []
     for i, row in enumerate(rows.rows):
