@@ -54,9 +54,16 @@ MIXES = [
 ]
 
 
+@pytest.fixture(params=[0, routed.GATHER_MIN_BYTES], ids=["gathered", "default-threshold"])
+def gather_min_bytes(request, monkeypatch):
+    """Every repeated adapter gathered (the tiny layer never reaches the default threshold), and the default."""
+    monkeypatch.setattr(routed, "GATHER_MIN_BYTES", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("tokens", [None, 1, 3], ids=["2d", "decode", "prefill"])
 @pytest.mark.parametrize("names", MIXES, ids=lambda names: "-".join(str(n) for n in names))
-def test_routed_rows_equal_each_row_alone(layer, names, tokens):
+def test_routed_rows_equal_each_row_alone(layer, names, tokens, gather_min_bytes):
     x = torch.randn(len(names), 16) if tokens is None else torch.randn(len(names), tokens, 16)
     layer.routing = RowRouting(names)
     try:
@@ -77,7 +84,8 @@ def test_routed_rows_equal_each_row_alone(layer, names, tokens):
     (["a", "c", "d", "c"], None),  # one adapter per rank: no stacking at all
     (["a", "b"], 2),
 ])
-def test_each_adapter_is_stacked_once_however_many_rows_use_it(layer, names, slabs):
+def test_each_adapter_is_stacked_once_however_many_rows_use_it(layer, names, slabs, monkeypatch):
+    monkeypatch.setattr(routed, "GATHER_MIN_BYTES", 0)
     with torch.no_grad():
         groups, slow = routed.plan(layer, RowRouting(names))
     assert not slow
@@ -86,6 +94,14 @@ def test_each_adapter_is_stacked_once_however_many_rows_use_it(layer, names, sla
         assert not stacked and len(groups) == len(set(names))
         return
     assert len(stacked) == 1 and stacked[0].A.shape[0] == slabs and stacked[0].B.shape[0] == slabs
+
+
+def test_a_gather_saving_less_than_the_threshold_keeps_one_slab_per_row(layer):
+    saved = 3 * (4 * 16 + 24 * 4) * 4  # three repeated rank-4 adapters' fp32 factors
+    assert saved < routed.GATHER_MIN_BYTES
+    with torch.no_grad():
+        groups, _ = routed.plan(layer, RowRouting(["a", "b", "a", "b", "a"]))
+    assert len(groups) == 1 and groups[0].gather is None and groups[0].A.shape[0] == 5
 
 
 def test_the_tensor_check_refuses_exactly_what_the_full_count_refuses(tmp_path):

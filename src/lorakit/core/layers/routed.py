@@ -12,7 +12,8 @@ ranks never pad one another. Per rank group, once per batch composition (cached 
 * several adapters, some shared by several rows: each distinct adapter is stacked once (``u`` of them) and its
   rows are gathered into one slab, ``(u, m·T, in)`` with ``m`` the most rows any of them has (short slabs are
   padded with a repeated row whose result is dropped), so every adapter's factors are read once per step
-  however many rows use it — factor reads, not flops, bound a decode step.
+  however many rows use it — factor reads, not flops, bound a decode step. The gather costs a few more ops per
+  layer, so it is used only when it saves at least ``GATHER_MIN_BYTES`` of factor reads in that layer.
 
 Rows without an adapter in this layer are left out (``index_select`` / ``index_add_``); when a group covers
 every row in order, no indexing happens at all. Plain LoRA only: DoRA and AdaLoRA adapters, and adapters with
@@ -25,6 +26,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+GATHER_MIN_BYTES = 256 * 1024  # factor bytes a gathered slab must save per layer to pay for its extra ops (~10 µs of reads)
 
 
 @dataclass(slots=True)
@@ -78,10 +82,13 @@ def plan(layer, routing) -> tuple[list[RankGroup], list[str]]:
             name = names[0]
             groups.append(RankGroup(index, lora_A[name].T, lora_B[name].T, layer.scaling[name], False))
             continue
-        A = torch.stack([lora_A[name] for name in names]).transpose(1, 2)  # (u, r, in) -> (u, in, r), a view: bmm reads it fastest
-        scales = torch.tensor([layer.scaling[name] for name in names], dtype=A.dtype, device=A.device)
-        B = torch.stack([lora_B[name].T for name in names]) * scales.view(-1, 1, 1)  # (u, r, out) contiguous: 2× faster bmm
-        if len(names) == len(used):
+        factor_bytes = lora_A[names[0]].numel() + lora_B[names[0]].numel()  # per adapter of this rank, in elements
+        gathered = (len(used) - len(names)) * factor_bytes * lora_A[names[0]].element_size() >= GATHER_MIN_BYTES
+        slabs = names if gathered else used  # without the gather, one slab per row (an adapter repeated by row)
+        A = torch.stack([lora_A[name] for name in slabs]).transpose(1, 2)  # (u, r, in) -> (u, in, r), a view: bmm reads it fastest
+        scales = torch.tensor([layer.scaling[name] for name in slabs], dtype=A.dtype, device=A.device)
+        B = torch.stack([lora_B[name].T for name in slabs]) * scales.view(-1, 1, 1)  # (u, r, out) contiguous: 2× faster bmm
+        if len(slabs) == len(used):
             groups.append(RankGroup(index, A, B, 1.0, True))
             continue
         members = {name: [row for row, used_by in zip(rows, used) if used_by == name] for name in names}
