@@ -5,15 +5,19 @@ for --help/--version, with one --dtype spelling table."""
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import stat
 import subprocess
 import sys
+import threading
 
 import pytest
 
 import lorakit as lk
 from lorakit.cli.options import dtype_name
+from lorakit.cli.progress import phase
 from lorakit.core.errors import ConfigError, OutputExistsError
 from lorakit.core.files import atomic
 from lorakit.train import checkpoint
@@ -144,3 +148,30 @@ def test_a_run_directory_is_not_mixed_with_another_run(tmp_path):
         checkpoint.start_run(run, config, "auto")
     assert checkpoint.start_run(run, config, None, overwrite=True) is None
     assert sorted(p.name for p in run.iterdir()) == [checkpoint.RUN_CONFIG]
+
+
+class _Log(io.StringIO):
+    """A stream that is not a terminal, like a log file."""
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_a_long_phase_writes_plain_lines_off_a_terminal_and_a_closing_line_with_its_values():
+    log = _Log()
+    release = threading.Event()
+    with phase("merge", every=0.01, stream=log) as running:
+        while log.getvalue().count("\n") < 2:
+            release.wait(0.01)
+        running.values = {"dtype": "bf16", "error": 0.000123456}
+    lines = log.getvalue().splitlines()
+    assert all(re.fullmatch(r"merge: running, \d+ s", line) for line in lines[:-1]) and len(lines) >= 3
+    assert re.fullmatch(r"merge: done in \d+\.\d s \(dtype bf16, error 0\.0001235\)", lines[-1])
+
+
+def test_a_phase_that_fails_at_once_writes_nothing():
+    log = _Log()
+    with pytest.raises(ConfigError):
+        with phase("combine", every=60, stream=log):
+            raise ConfigError("bad weights")
+    assert log.getvalue() == ""

@@ -9,6 +9,7 @@ import typer
 
 from lorakit.cli.app import app
 from lorakit.cli.options import OVERWRITE, SHORT, check_output, dtype_name
+from lorakit.cli.progress import phase
 from lorakit.core.errors import ConfigError
 
 SAMPLE_PROMPTS = [
@@ -51,7 +52,9 @@ def merge(
     specs = [parse_weighted(s) for s in [*(adapter or []), *extra]]
     if not specs:
         raise ConfigError("name at least one adapter: lorakit merge ADAPTER --out DIR (or --adapter a:0.7 --adapter b:0.3)")
-    result = export_merged(specs, out, base=base, dtype=short)
+    with phase("merge") as running:
+        result = export_merged(specs, out, base=base, dtype=short)
+        running.values = {"dtype": result.dtype, "adapters": len(specs)}
     blend = " + ".join(f"{w:g}·{s}" for s, w in specs)
     typer.echo(f"merged {blend} into {result.base} ({result.dtype}) -> {result.path}")
     if result.untied_embeddings:
@@ -80,7 +83,9 @@ def combine(
             parsed = [float(w) for w in weights.split(",")]
         except ValueError:
             raise ConfigError(f"--weights must be comma-separated numbers, got {weights!r}") from None
-    result = run(adapters, out, weights=parsed, method=method, rank=rank, density=density, seed=seed, sign_method=sign)
+    with phase("combine") as running:
+        result = run(adapters, out, weights=parsed, method=method, rank=rank, density=density, seed=seed, sign_method=sign)
+        running.values = {"method": method, "modules": len(result.ranks)}
     ranks = sorted(set(result.ranks.values()))
     shown = str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}–{ranks[-1]}"
     typer.echo(f"{method}: {len(adapters)} adapters -> {result.path} ({len(result.ranks)} modules, rank {shown})")
@@ -155,7 +160,9 @@ def compress(
     model = tokenizer = None
     if sample:
         model, tokenizer = bases.load(base_of(source.files, base))
-    report = run(source, out, energy=energy, rank=rank)
+    with phase("compress") as running:
+        report = run(source, out, energy=energy, rank=rank)
+        running.values = {"largest relative error": report.max_relative_error}
     console = _console()
     table = _table(f"{report.path}: per module", ["module", "rank", "kept energy", "relative error"])
     for m in report.modules:
@@ -169,7 +176,9 @@ def compress(
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         batch = tokenizer(SAMPLE_PROMPTS, return_tensors="pt", padding=True)
-        report.kl = output_kl(model, source.path, report.path, batch["input_ids"], batch["attention_mask"])
+        with phase("output change") as running:
+            report.kl = output_kl(model, source.path, report.path, batch["input_ids"], batch["attention_mask"])
+            running.values = {"KL": report.kl}
         console.print(f"output change on {len(SAMPLE_PROMPTS)} sample prompts: mean KL(original ‖ compressed) = "
                       f"{report.kl:.3g} nats/token")
     _record(report.path)

@@ -9,6 +9,7 @@ import typer
 
 from lorakit.cli.app import app
 from lorakit.cli.options import dtype_name
+from lorakit.cli.progress import phase
 from lorakit.core.errors import ConfigError
 
 
@@ -48,8 +49,10 @@ def eval_command(
     adapters = dict(parse_adapter(a) for a in adapter)
     if len(adapters) != len(adapter):
         raise ConfigError("two --adapter options have the same NAME; give each adapter its own name")
-    report = evaluate(base, adapters, data, task=task, regression=regression, max_drift=max_drift,
-                      dtype=getattr(torch, dtype), log=lambda line: typer.echo(line, err=True))
+    with phase("evaluation") as running:
+        report = evaluate(base, adapters, data, task=task, regression=regression, max_drift=max_drift,
+                          dtype=getattr(torch, dtype), log=lambda line: typer.echo(line, err=True))
+        running.values = {"adapters": len(adapters), "gate": "passed" if report.passed else "failed"}
     report.write(out)
     _record_in_registry(report)
     if as_json:

@@ -74,7 +74,7 @@ def run_trial(spec: SweepSpec, trial: optuna.Trial, *, progress: bool = False) -
     config = spec.trial_config(values, output)
     prune = spec.pruner is not None and len(spec.objectives) == 1
     trainer = Trainer.from_config(config, callbacks=[ReportToTrial(trial, prune)], progress=progress)
-    summary = trainer.fit()
+    summary = trainer.fit(overwrite=True)  # a trial re-run after a kill starts over in its own directory
     scores = evaluate_trained(trainer.model, trainer.tokenizer, spec, trainer.precision)
     adapter_dir = Path(summary["adapter"])
     scores.update({"eval_loss": summary["metrics"]["best_eval_loss"], "train_loss": summary["metrics"]["final_loss"],
