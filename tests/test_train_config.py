@@ -26,7 +26,7 @@ def test_defaults_validate_and_overrides_parse_yaml_values():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.lrr=1", r"unknown key train\.lrr \(did you mean 'lr'\?\); valid keys in train: max_steps, batch_size"),
+    ("train.lrr=1", r"unknown key train\.lrr \(did you mean 'lr'\?\); valid keys in train: max_steps, num_epochs, batch_size"),
     ("train.lr=-1", r"train\.lr: Input should be greater than 0, got -1"),
     ("train.schedule=step", r"train\.schedule: Input should be 'cosine', 'linear' or 'constant'"),
     ("lora.r=0", r"lora: r must be a positive integer rank, got 0"),
