@@ -109,14 +109,16 @@ def test_dtype_option_and_safe_merge(base, tmp_path):
 
 
 def test_broken_or_foreign_adapters_are_refused(base, tmp_path):
-    from lorakit.core.files import read_adapter, write_adapter
+    import shutil
+
+    from safetensors.torch import load_file, save_file
 
     adapter = adapter_on(base, tmp_path / "a", ["q_proj"], seed=1)
-    files = read_adapter(adapter)
-    key = next(k for k in files.tensors if k.endswith("lora_B.weight"))
-    files.tensors[key] = files.tensors[key].clone()
-    files.tensors[key][0, 0] = float("nan")
-    write_adapter(tmp_path / "nan", files.raw_config, files.tensors, files.meta)
+    shutil.copytree(adapter, tmp_path / "nan")  # a broken file as another tool could leave it (write_adapter refuses NaN)
+    tensors = load_file(tmp_path / "nan" / "adapter_model.safetensors")
+    key = next(k for k in tensors if k.endswith("lora_B.weight"))
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, tmp_path / "nan" / "adapter_model.safetensors")
     with pytest.raises(AdapterFileError, match=r"lora_B\.weight holds 1 non-finite value"):  # refused at read
         export_merged([(tmp_path / "nan", 1.0)], tmp_path / "out")
     other = tiny_base_dir(tmp_path / "other", seed=5)
