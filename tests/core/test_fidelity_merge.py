@@ -172,3 +172,17 @@ def test_quantized_merge_then_unmerge_gives_back_the_quantized_layer_bit_for_bit
         assert torch.equal(layer.base_layer.weight.data, before[name]), name
     torch.testing.assert_close(logits(model, ids), unmerged, rtol=0, atol=0)
     assert not any("quantized_base" in key for key in model.state_dict())
+
+
+@pytest.mark.parametrize("adapters", ["dora x2", "dora + lora", "lora + dora"])
+def test_generation_merged_copy_with_several_dora_active_equals_unmerged(adapters):
+    from lorakit.eval.generate import merged_copy
+
+    model, names = _adapted("llama", adapters)
+    ids = token_batch()
+    unmerged = logits(model, ids)
+    unmerged_tokens = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with merged_copy(model):
+        assert (logits(model, ids) - unmerged).abs().max() <= 1e-5
+        assert torch.equal(model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0), unmerged_tokens)
+    assert torch.equal(logits(model, ids), unmerged)

@@ -89,8 +89,9 @@ def merged_copy(model: nn.Module) -> Iterator[nn.Module]:
                 if not names:
                     continue
                 weight = layer.read_weight()  # fp32, the base layout
+                base = layer.original_weight() if layer.merged else weight  # W₀: DoRA's norm is of W₀ + its own ΔW
                 for name in names:
-                    weight = layer.merged_weight(name, weight)
+                    weight = layer.merged_weight(name, weight, base)
                 if not torch.isfinite(weight).all():
                     raise MergeError(f"layer {layer.path}: merging adapters {list(names)} would write NaN/inf; the adapter is broken")
                 target = layer._base_weight()
