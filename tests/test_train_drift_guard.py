@@ -15,6 +15,7 @@ from lorakit.eval.drift import drift_kl
 from lorakit.eval.regression import general_prompts
 from lorakit.train import Trainer
 from lorakit.train.drift_guard import DriftGuard, GuardedTokenLoss, base_top_k, bucketed_kl, shipped_guard_prompts
+from lorakit.train.guard_cache import CACHE_FILE, GuardBatch
 from lorakit.data import collate
 from tests.helpers import randomize_adapter
 
@@ -117,3 +118,78 @@ def test_a_guard_file_row_without_text_names_file_and_line(base, tmp_path):
                                   progress=False)
     with pytest.raises(DataError, match=f"{data}:2: a drift-guard row needs"):
         trainer.fit()
+
+
+@pytest.mark.parametrize("variant", [{"quantize": "nf4"}, {"lora": {"use_dora": True}},
+                                     {"quantize": "nf4", "lora": {"use_dora": True}}], ids=["qlora", "dora", "qdora"])
+def test_with_qlora_and_dora_the_term_starts_at_zero_and_trains_only_the_adapter(base, tmp_path, variant):
+    config = _config(base, tmp_path / "run", {**GUARD, "data": str(_small_guard(tmp_path))})
+    config["lora"] = {**config["lora"], "targets": "all-linear", **variant.get("lora", {})}
+    config["quantize"] = variant.get("quantize")
+    trainer = Trainer.from_config(config, train_data=ROWS, progress=False)
+    guard = next(cb for cb in trainer.callbacks if isinstance(cb, DriftGuard))
+    guard.on_train_begin(trainer)
+    trainer.model.train()
+    # a fresh adapter is the base: 0 up to rounding (DoRA's m·W/‖W‖ rounds; plain LoRA's B = 0 is exact)
+    assert float(guard.loss_term(trainer).detach()) <= (1e-6 if "lora" in variant else 0.0)
+    randomize_adapter(trainer.model, scale=0.2)
+    term = guard.loss_term(trainer)
+    assert float(term.detach()) > 1e-3
+    term.backward()
+    grads = {}
+    for name, param in trainer.model.named_parameters():
+        if "lora_" in name:
+            assert param.grad is not None and float(param.grad.abs().sum()) > 0, name
+            grads[name] = param.grad
+        else:
+            assert param.grad is None, f"{name} is not an adapter parameter but has a gradient"
+    if "lora" in variant:
+        assert any("magnitude" in n for n in grads)
+
+
+def _small_guard(tmp_path):
+    path = tmp_path / "guard.jsonl"
+    path.write_text("".join(shipped_guard_prompts().read_text().splitlines(keepends=True)[:4]))
+    return path
+
+
+def test_the_base_distributions_are_cached_in_the_run_directory_and_reused(base, tmp_path):
+    guard_file = _small_guard(tmp_path)
+    first = _trainer(base, tmp_path, {**GUARD, "data": str(guard_file)})
+    built = next(cb for cb in first.callbacks if isinstance(cb, DriftGuard))
+    built.on_train_begin(first)
+    cache = first.output / CACHE_FILE
+    assert not built.cache_reused and cache.is_file()
+    second = _trainer(base, tmp_path, {**GUARD, "data": str(guard_file)})
+    randomize_adapter(second.model, scale=0.2)  # a resumed run's adapter: the cache must not depend on it
+    reused = next(cb for cb in second.callbacks if isinstance(cb, DriftGuard))
+    reused.on_train_begin(second)
+    assert reused.cache_reused
+    for (a, total_a), (b, total_b) in zip(built.batches, reused.batches, strict=True):
+        assert total_a == total_b
+        for field in ("input_ids", "attention_mask", "ids", "top", "tail"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), field
+    # another top_k or other guard text is another cache: rebuilt, not misread
+    with guard_file.open("a") as handle:
+        handle.write(json.dumps({"text": "One more paragraph of general text."}) + "\n")
+    changed = _trainer(base, tmp_path, {**GUARD, "data": str(guard_file)})
+    rebuilt = next(cb for cb in changed.callbacks if isinstance(cb, DriftGuard))
+    rebuilt.on_train_begin(changed)
+    assert not rebuilt.cache_reused and sum(t for _, t in rebuilt.batches) > sum(t for _, t in built.batches)
+
+
+def test_a_process_share_of_a_guard_batch_is_its_rows_with_their_positions():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    ids = torch.arange(12).reshape(3, 4) * mask
+    n = int(mask.sum())
+    batch = GuardBatch(ids, mask, torch.arange(n)[:, None].repeat(1, 2), torch.arange(n, dtype=torch.float)[:, None],
+                       -torch.arange(n, dtype=torch.float))
+    rows_of_positions = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    for world in (1, 2, 3):
+        for rank in range(world):
+            share = batch.share(rank, world)
+            keep = rows_of_positions % world == rank
+            assert torch.equal(share.input_ids[share.attention_mask.bool()], ids[mask.bool()][keep])
+            assert torch.equal(share.tail, batch.tail[keep]) and torch.equal(share.ids, batch.ids[keep])
+            assert share.input_ids.shape[1] == int(mask[rank::world].sum(1).max())
+    assert batch.share(3, 4) is None
