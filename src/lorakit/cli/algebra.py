@@ -157,12 +157,15 @@ def compress(
     from lorakit.algebra.factors import base_of, load
 
     source = load(adapter)
-    model = tokenizer = None
-    if sample:
-        model, tokenizer = bases.load(base_of(source.files, base))
-    with phase("compress") as running:
+    base_name = base_of(source.files, base) if sample else None
+    if base_name is not None and base_name != bases.DEFAULT_BASE:
+        bases.resolve(base_name)  # a missing base is reported before anything is written
+    with phase("compress") as running:  # checks --energy/--rank before the base model loads
         report = run(source, out, energy=energy, rank=rank)
         running.values = {"largest relative error": report.max_relative_error}
+    model = tokenizer = None
+    if base_name is not None:
+        model, tokenizer = bases.load(base_name)
     console = _console()
     table = _table(f"{report.path}: per module", ["module", "rank", "kept energy", "relative error"])
     for m in report.modules:

@@ -173,21 +173,23 @@ def start_run(output: Path, config: dict[str, Any], resume: str | Path | None, *
               keep: int = 3, write: bool = True) -> Path | None:
     """Prepare ``output`` for a run with the resolved ``config`` and return the checkpoint to resume from.
 
-    ``write`` is false on processes other than the first (only the checks run there).
+    ``write`` is false on processes other than the first: they only find the checkpoint (the first process
+    checks and prepares the directory; checking there too would race with its writes).
     """
     output = Path(output)
+    if not write:
+        return find_resume(output, resume)
     check_run_dir(output, resume, overwrite)
     if resume is not None and (output / RUN_CONFIG).is_file():
         recorded = yaml.safe_load((output / RUN_CONFIG).read_text(encoding="utf-8")) or {}
         _check_same_run(recorded, config, output / RUN_CONFIG)
-    if write:
-        if overwrite and resume is None:
-            for name in _RUN_ARTIFACTS:
-                target = output / name
-                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-        remove_partial(output / "checkpoints")
-        prune(output / "checkpoints", keep)
-        atomic.write_text(output / RUN_CONFIG, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    if overwrite and resume is None:
+        for name in _RUN_ARTIFACTS:
+            target = output / name
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    remove_partial(output / "checkpoints")
+    prune(output / "checkpoints", keep)
+    atomic.write_text(output / RUN_CONFIG, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return find_resume(output, resume)
 
 
