@@ -175,3 +175,24 @@ def test_a_phase_that_fails_at_once_writes_nothing():
         with phase("combine", every=60, stream=log):
             raise ConfigError("bad weights")
     assert log.getvalue() == ""
+
+
+def test_training_progress_off_a_terminal_is_one_plain_line_per_logged_step(monkeypatch):
+    from types import SimpleNamespace
+
+    from lorakit.train.callbacks import ProgressBar
+
+    log = _Log()
+    monkeypatch.setattr(sys, "stderr", log)
+    trainer = SimpleNamespace(config=load_config({"train": {"max_steps": 5, "log_every": 2}}))
+    bar = ProgressBar()
+    bar.on_train_begin(trainer)
+    for step in range(1, 6):
+        if step == 4:
+            bar.on_evaluate(trainer, {"eval_loss": 1.5})
+        bar.on_step_end(trainer, {"step": step, "loss": 2.0 / step, "lr": 1e-4, "tokens_per_s": 1234.0})
+    bar.on_train_end(trainer, {})
+    assert log.getvalue().splitlines() == [
+        "train step 2/5: loss 1.0000  lr 1.00e-04  1,234 tok/s",
+        "train step 4/5: loss 0.5000  lr 1.00e-04  1,234 tok/s  eval 1.5000",
+        "train step 5/5: loss 0.4000  lr 1.00e-04  1,234 tok/s  eval 1.5000"]

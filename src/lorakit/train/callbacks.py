@@ -8,6 +8,7 @@ Reporting callbacks run on the main process only; loss terms and pre-step hooks 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,11 +88,16 @@ _SHOWN = (("task_loss", "task"), ("drift_kl", "drift"), ("batch_kl", "batch-kl")
 
 
 class ProgressBar(Callback):
-    """A live bar: step, loss, learning rate, tokens/s and ETA (rich)."""
+    """A live bar: step, loss, learning rate, tokens/s and ETA (rich) on a terminal; off a terminal (a log file,
+    CI) one plain line per logged step (``train.log_every``) on stderr instead."""
 
     main_only = True
 
     def on_train_begin(self, trainer: "Trainer") -> None:
+        self.plain = not sys.stderr.isatty()
+        self.eval_info = ""
+        if self.plain:
+            return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
@@ -100,22 +106,28 @@ class ProgressBar(Callback):
         self.progress.start()
         self.task = self.progress.add_task("train", total=trainer.config.train.max_steps, completed=trainer.state.step,
                                            info="")
-        self.eval_info = ""
 
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
         extra = "".join(f"  {label} {metrics[key]:.4f}" for key, label in _SHOWN if key in metrics)
         info = (f"loss {metrics['loss']:.4f}{extra}  lr {metrics['lr']:.2e}  {metrics['tokens_per_s']:,.0f} tok/s"
                 f"{self.eval_info}")
+        if self.plain:
+            cfg = trainer.config.train
+            if metrics["step"] % cfg.log_every == 0 or metrics["step"] == cfg.max_steps:
+                print(f"train step {metrics['step']}/{cfg.max_steps}: {info}", file=sys.stderr, flush=True)
+            return
         self.progress.update(self.task, completed=metrics["step"], info=info)
 
     def on_evaluate(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
         self.eval_info = f"  eval {metrics['eval_loss']:.4f}"
 
     def on_train_end(self, trainer: "Trainer", summary: dict[str, Any]) -> None:
-        self.progress.stop()
+        if not self.plain:
+            self.progress.stop()
 
     def on_abort(self, trainer: "Trainer", error: BaseException) -> None:
-        self.progress.stop()
+        if not self.plain:
+            self.progress.stop()
 
 
 class MLflowTracker(Callback):
