@@ -112,10 +112,6 @@ def test_pareto_set_of_two_objectives_is_marked_in_results_chart_and_report(tmp_
     assert result["png"].stat().st_size > 1000 and 'class="best"' in result["html"].read_text()
 
 
-def _bad(tmp_path, **changes) -> dict:
-    return tiny_sweep(tmp_path, **changes)
-
-
 @pytest.mark.parametrize("changes, named", [
     ({"space": {"lora.rank": [4, 8]}}, "'lora.rank'"),
     ({"space": {"train.learning_rate": [1e-3]}}, "'train.learning_rate'"),
@@ -128,10 +124,12 @@ def _bad(tmp_path, **changes) -> dict:
     ({"objectives": {"accuracy": "maximize"}}, "unknown metric 'accuracy'"),
     ({"objectives": {"drift_kl": "lowest"}}, "'drift_kl' must be maximize or minimize"),
     ({"sampler": "bayes"}, "sampler 'bayes'"),
+    ({"storage": "mysql://u@localhost/db"}, "storage mysql://"),
+    ({"name": "no spaces allowed"}, "name: invalid adapter name"),
 ])
 def test_bad_sweep_file_exits_2_naming_the_key(tmp_path, capsys, monkeypatch, changes, named):
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(_bad(tmp_path, **changes)))
+    path.write_text(yaml.safe_dump(tiny_sweep(tmp_path, **changes)))
     code, out, err = run_cli(capsys, monkeypatch, "sweep", str(path))
     assert code == 2 and named in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "out" / "study.db").exists()  # refused before any study or model
@@ -159,10 +157,25 @@ def test_set_overrides_reach_the_config_the_space_and_the_budget(tmp_path):
     assert spec.trials == 3 and spec.task.max_new_tokens == 2
 
 
-def test_a_second_start_of_the_same_study_is_refused_without_resume(tmp_path):
+def test_a_second_start_of_the_same_study_is_refused_without_resume(tmp_path, capsys, monkeypatch):
     sweep = tiny_sweep(tmp_path, space={"lora.r": [2]}, pruner="none")
     run_sweep(sweep)
-    with pytest.raises(ConfigError, match="already has trials: continue it with --resume"):
-        run_sweep(sweep)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    code, _, err = run_cli(capsys, monkeypatch, "sweep", str(path))
+    assert code == 2 and "already has trials: continue it with --resume" in err
     again = run_sweep(sweep, mode="resume")  # nothing left to do: the budget (the one grid point) is spent
     assert [r["state"] for r in again["rows"]] == ["complete"]
+
+
+def test_an_unreachable_storage_exits_2_naming_it(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(tiny_sweep(tmp_path, storage="postgresql://nobody@127.0.0.1:1/sweeps")))
+    code, _, err = run_cli(capsys, monkeypatch, "sweep", str(path))
+    assert code == 2 and "storage postgresql+psycopg://nobody@127.0.0.1:1/sweeps could not be opened" in err
+
+
+def test_a_wall_time_budget_stops_claiming_trials(tmp_path):
+    result = run_sweep(tiny_sweep(tmp_path, sampler="random", budget={"minutes": 1e-9}))
+    assert result["rows"] == [] and result["best"] == [] and result["png"] is None
+    assert result["summary"].startswith("0 done") and (tmp_path / "out" / "report.html").exists()

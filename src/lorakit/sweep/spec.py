@@ -38,7 +38,7 @@ from lorakit.core.errors import ConfigError
 from lorakit.eval.data import EvalRow, load_rows
 from lorakit.eval.spec import TaskSpec, load_spec
 from lorakit.eval.task import plan_task
-from lorakit.sweep.space import SearchSpace, parse_space
+from lorakit.sweep.space import SearchSpace, apply, parse_space
 from lorakit.train.config import RunConfig, load_config
 
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
@@ -82,8 +82,6 @@ class SweepSpec:
 
     def trial_config(self, values: dict[str, Any], output: Path) -> RunConfig:
         """The training config of one trial: the base config with ``values`` set and its own output directory."""
-        from lorakit.sweep.space import apply
-
         return load_config({**apply(self.config, values), "output": str(output)})
 
 
@@ -275,10 +273,19 @@ def _promote(value: Any, where: str) -> str | None:
 
 
 def _storage(value: Any, output: Path) -> str:
+    """A SQLAlchemy URL: a SQLite file (a plain path, or the default ``OUTPUT/study.db``) or PostgreSQL through
+    psycopg 3 (``postgresql://`` and ``postgres://`` name it, as for the registry)."""
     if not value:
         return f"sqlite:///{(output / 'study.db').resolve()}"
     text = str(value)
-    return text if "://" in text else f"sqlite:///{Path(text).resolve()}"
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return f"sqlite:///{Path(text).expanduser().resolve()}"
+    if scheme in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    if scheme.split("+")[0] not in ("sqlite", "postgresql"):
+        raise ConfigError(f"storage {scheme}://…: the study lives in a SQLite file or PostgreSQL (postgresql://…)")
+    return text
 
 
 def _integer(value: Any, where: str, key: str, low: int = 1) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import gc
 import hashlib
 import threading
 import time
@@ -30,6 +31,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlalchemy.engine import make_url
 
@@ -44,16 +46,10 @@ MAX_RETRY = 3
 def open_storage(spec: SweepSpec) -> RDBStorage:
     """Optuna's RDB storage at ``spec.storage`` with the heartbeat and the retry of stale trials switched on."""
     url = make_url(spec.storage)
-    backend = url.get_backend_name()
-    if backend not in ("sqlite", "postgresql"):
-        raise ConfigError(f"storage {url.render_as_string(hide_password=True)}: use a SQLite file or postgresql://…")
-    kwargs = {}
-    if backend == "sqlite":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs = {"connect_args": {"timeout": 60}}
+    kwargs = {"connect_args": {"timeout": 60}} if url.get_backend_name() == "sqlite" else {}
     try:
         with _stable():
-                return RDBStorage(spec.storage, engine_kwargs=kwargs, heartbeat_interval=spec.heartbeat["interval"],
+            return RDBStorage(spec.storage, engine_kwargs=kwargs, heartbeat_interval=spec.heartbeat["interval"],
                               grace_period=spec.heartbeat["grace"],
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     except Exception as err:  # the driver's own errors (unreachable server, bad credentials, missing driver)
@@ -92,7 +88,13 @@ def claim_lock(url: str, name: str) -> Iterator[None]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return
     key = int.from_bytes(hashlib.sha256(f"lorakit-sweep:{name}".encode()).digest()[:8], "big", signed=True)
-    with _lock_engine(url).connect() as connection:
+    try:
+        connection = _lock_engine(url).connect()
+    except (ImportError, SQLAlchemyError) as err:
+        hint = "; install lorakit[postgres] for the psycopg driver" if isinstance(err, ImportError) else ""
+        raise ConfigError(f"storage {parsed.render_as_string(hide_password=True)} could not be opened: "
+                          f"{str(err).splitlines()[0]}{hint}") from None
+    with connection:
         connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
         connection.commit()
         try:
@@ -220,6 +222,7 @@ def work(spec: SweepSpec, study: optuna.Study, storage: RDBStorage, run: Callabl
                 raise
             else:
                 study.tell(trial, values)
+        gc.collect()  # the trial's model and optimizer state go before the next trial loads its own
         on_trial(study, study._storage.get_trial(trial._trial_id))
 
 
