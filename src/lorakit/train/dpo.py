@@ -13,6 +13,8 @@ tokens, policy ``π`` (adapters on) and reference ``π_ref`` (the same model ins
 The implicit rewards are ``r_w = β·(log π(y_w|x) − log π_ref(y_w|x))`` and ``r_l`` likewise; the reward margin
 is ``r_w − r_l`` and the preference accuracy the fraction of pairs with ``r_w > r_l``. No second copy of the
 base is held: the reference pass runs the same weights with every adapter bypassed, under ``no_grad``.
+Both forms use log-probabilities summed over the response, as the papers define them (TRL 1.x averages IPO's
+log-ratios per token instead, and its sigmoid form has no ``ε``).
 """
 
 from __future__ import annotations
