@@ -106,3 +106,46 @@ def test_export_uses_the_same_rule(tmp_path):
     assert result.untied_embeddings
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
     torch.testing.assert_close(logits(exported, ids), unmerged, rtol=0, atol=1e-5)
+
+
+def _t5(tie: bool):
+    from tests.core.conftest import ARCHS
+
+    arch = ARCHS["t5"]
+    model = arch.build()
+    model.config.tie_word_embeddings = tie
+    return model, arch.inputs()
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied-head", "untied-head"])
+def test_t5_shared_embedding_merge_and_unload_refuses_what_would_reload_wrong(tie):
+    from lorakit.core.errors import MergeError
+    from tests.helpers import randomize_adapter
+
+    model, _ = _t5(tie)
+    lk.inject(model, lk.LoraConfig(r=4, alpha=8, targets=["q", "shared"]))
+    randomize_adapter(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(MergeError, match=r"layer shared: .*encoder\.embed_tokens, decoder\.embed_tokens.*Target every module"):
+        lk.merge_and_unload(model)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert not lk.core.merge.merged_adapters(model)
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied-head", "untied-head"])
+def test_t5_every_embedding_holder_adapted_merges_saves_and_reloads_equal(tie, tmp_path):
+    import transformers as tf
+
+    from tests.helpers import randomize_adapter
+
+    model, inputs = _t5(tie)
+    lk.inject(model, lk.LoraConfig(r=4, alpha=8, targets=["q", "embed_tokens"]))
+    randomize_adapter(model)
+    with torch.no_grad():
+        unmerged = model(**inputs).logits
+        with lk.disabled(model):
+            assert (model(**inputs).logits - unmerged).abs().max() > 1e-3  # the embedding adapter acts
+    lk.merge_and_unload(model).save_pretrained(tmp_path)
+    reloaded = tf.T5ForConditionalGeneration.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert (reloaded(**inputs).logits - unmerged).abs().max() <= 1e-5

@@ -18,9 +18,10 @@ from collections import Counter
 
 from torch import nn
 
-from lorakit.core.errors import AdapterStateError
+from lorakit.core.errors import AdapterStateError, MergeError
 from lorakit.core.layers import LoraLayer, ModulesToSave
 from lorakit.core.model import active_adapters, adapter_state, lora_layers
+from lorakit.core.modules import output_head
 
 
 def _resolve(model: nn.Module, names: str | list[str] | None) -> list[str]:
@@ -137,10 +138,35 @@ def merge_and_unload(model: nn.Module, names: str | list[str] | None = None, *, 
     """Merge ``names`` and return the plain model: LoRA wrappers replaced by their (merged) base layers,
     saved modules by the trained copy of the first merged adapter that has one."""
     names = _resolve(model, names)
+    _refuse_split_ties(model, names)
     if not merged_adapters(model):
         merge(model, names, safe=safe)
     model.__dict__.pop("lorakit_fingerprint", None)  # the merged weights are a new base
     return _replace_wrappers(model, keep_trained=names)
+
+
+def _refuse_split_ties(model: nn.Module, names: list[str]) -> None:
+    """Refuse, before anything is merged, a merge whose saved model would reload as another model.
+
+    T5-style models hold one embedding matrix in several modules (``shared``, ``encoder.embed_tokens``,
+    ``decoder.embed_tokens``). Merging gives each adapted holder its own copy; if two or more holders (other than
+    the output head, whose tie the config flag controls) are left sharing the old matrix, saving writes it once
+    and transformers ties it back to the adapted one on load. Target every holder, or keep the adapter unmerged.
+    """
+    adapted = {id(layer.base_layer): path for path, layer in lora_layers(model) if any(n in layer.lora_A for n in names)}
+    holders: dict[int, list[tuple[str, nn.Module]]] = {}
+    for path, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if weight is not None:
+            holders.setdefault(id(weight), []).append((path, module))
+    head = output_head(model)
+    for group in holders.values():
+        touched = [adapted[id(m)] for _, m in group if id(m) in adapted]
+        left = [path for path, m in group if id(m) not in adapted and m is not head and not path.endswith(".base_layer")]
+        if touched and len(left) >= 2:
+            raise MergeError(f"layer {touched[0]}: its weight is shared with {', '.join(left)}; merged, a saved model would "
+                             f"reload with {touched[0]} tied back to them (wrong weights). Target every module sharing it "
+                             f"or keep the adapter unmerged")
 
 
 def unload(model: nn.Module) -> nn.Module:
