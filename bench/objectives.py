@@ -89,7 +89,8 @@ def _dpo(out: str, steps: int) -> dict:
     prefs = _preferences()
     paths = prefs.write(Path(out) / "data")
     config = {"base": _base(), "output": str(Path(out) / "run"),
-              "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": "all-linear"}, "data": {"train": str(paths["train"]),
+              "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": "all-linear"},
+              "data": {"train": str(paths["train"]),
               "eval": str(paths["test"]), "max_length": 192},
               "train": {"objective": "dpo", "max_steps": steps, "batch_size": 8, "lr": 5e-4, "warmup_ratio": 0.1,
                         "eval_every": steps, "save_every": steps}, "dpo": {"beta": 0.1}}
@@ -126,7 +127,8 @@ def child(kind: str, out: str) -> None:
 
 
 def run(kind: str, out: Path, steps: int, quick: bool) -> dict:
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "BENCH_DPO_STEPS": str(steps), "BENCH_QUICK": "1" if quick else "0"}
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "BENCH_DPO_STEPS": str(steps),
+           "BENCH_QUICK": "1" if quick else "0"}
     done = subprocess.run([sys.executable, __file__, "--child", kind, "--out", str(out)], capture_output=True,
                           text=True, env=env, cwd=ROOT)
     if done.returncode != 0:
@@ -184,10 +186,12 @@ def main() -> None:
               f"{statistics.median([100 * (g['exact_match'] - p['exact_match']) for p, g in pairs]):+.1f} points.",
               "", f"Email prompt, guarded: {rows['guarded'][0]['email']!r}", "",
               f"| DPO ({dpo['test_pairs']} held-out pairs) | before | after |", "|---|---:|---:|",
-              f"| preference accuracy (mean log-prob) | {100 * dpo['accuracy_before']:.1f}% | {100 * dpo['accuracy_after']:.1f}% |",
+              f"| preference accuracy (mean log-prob) | {100 * dpo['accuracy_before']:.1f}% | "
+              f"{100 * dpo['accuracy_after']:.1f}% |",
               f"| implicit-reward accuracy | — | {100 * dpo['reward_accuracy']:.1f}% |",
               f"| win rate (greedy reply = chosen) | {100 * dpo['win_before']:.1f}% | {100 * dpo['win_after']:.1f}% |",
-              "", f"DPO: {args.dpo_steps} steps of 8 pairs in {dpo['train_s']:.0f} s; peak RSS {dpo['peak_rss_mb']:.0f} MB "
+              "", f"DPO: {args.dpo_steps} steps of 8 pairs in {dpo['train_s']:.0f} s; "
+              f"peak RSS {dpo['peak_rss_mb']:.0f} MB "
               f"= {dpo['peak_rss_mb'] / sft['peak_rss_mb']:.2f}× an SFT run on the same 16 sequences per step "
               f"({sft['peak_rss_mb']:.0f} MB)."]
     print("\n".join(lines))

@@ -11,12 +11,12 @@ import torch
 from lorakit.cli.quickstart import tiny_base
 from lorakit.core import bases
 from lorakit.core.errors import DataError
+from lorakit.data import collate
 from lorakit.eval.drift import drift_kl
 from lorakit.eval.regression import general_prompts
 from lorakit.train import Trainer
 from lorakit.train.drift_guard import DriftGuard, GuardedTokenLoss, base_top_k, bucketed_kl, shipped_guard_prompts
 from lorakit.train.guard_cache import CACHE_FILE, GuardBatch
-from lorakit.data import collate
 from tests.helpers import randomize_adapter
 
 ROWS = [{"prompt": f"Q{i}: colour of item {i}?", "completion": f" item {i} is {c}"}

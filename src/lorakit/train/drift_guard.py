@@ -71,7 +71,8 @@ def _bucketed(z: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return top, tail
 
 
-def base_top_k(states: torch.Tensor, weight: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def base_top_k(states: torch.Tensor, weight: torch.Tensor | None,
+               k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What the cache keeps per position: top-``k`` ids (n, k), their log-probabilities (n, k), the tail's (n,)."""
     z = _logits(states, weight)
     ids = z.topk(min(k, z.shape[-1]), dim=-1).indices  # (n, k)
@@ -96,7 +97,8 @@ def bucketed_kl(states: torch.Tensor, weight: torch.Tensor | None, ids: torch.Te
     for start in range(0, len(states), CHUNK):
         part = slice(start, start + CHUNK)
         args = (states[part], weight, ids[part], base_top[part], base_tail[part])
-        total = total + (checkpoint(_chunk_kl, *args, use_reentrant=False) if states.requires_grad else _chunk_kl(*args))
+        total = total + (checkpoint(_chunk_kl, *args, use_reentrant=False)
+                         if states.requires_grad else _chunk_kl(*args))
     return total
 
 
@@ -244,7 +246,8 @@ def trainer_scale(section: DriftGuardSection, trainer: "Trainer") -> float:
     return (trainer.state.step + 1) / trainer.config.train.max_steps
 
 
-def guard_sequences(model: nn.Module, tokenizer, section: DriftGuardSection, rows: RowSet | None = None) -> list[Encoded]:
+def guard_sequences(model: nn.Module, tokenizer, section: DriftGuardSection,
+                    rows: RowSet | None = None) -> list[Encoded]:
     """Token sequences of the guard's general text (``rows``, read from ``section.data`` when not given);
     ``prompt`` rows get the base's greedy answer appended."""
     rows = rows if rows is not None else load_rows(guard_source(section))
