@@ -38,6 +38,8 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "compress": ("lorakit.algebra", "compress"),
     "export_merged": ("lorakit.algebra", "export_merged"),
     "Trainer": ("lorakit.train", "Trainer"),
+    "sweep": ("lorakit.sweep", None),  # callable: lk.sweep("sweep.yaml") runs a sweep
+    "run_sweep": ("lorakit.sweep", "run_sweep"),
 }
 
 __all__ = [*_PUBLIC, "__version__"]

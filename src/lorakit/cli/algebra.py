@@ -7,10 +7,11 @@ from pathlib import Path
 
 import typer
 
-from lorakit.cli.app import app
 from lorakit.cli.options import OVERWRITE, SHORT, check_output, dtype_name
 from lorakit.cli.progress import phase
 from lorakit.core.errors import ConfigError
+
+app = typer.Typer()  # mounted by lorakit.cli.app
 
 SAMPLE_PROMPTS = [
     "The capital of France is",
@@ -152,9 +153,10 @@ def compress(
 ) -> None:
     """Re-factor each module's ΔW at the smallest rank keeping the energy (or at a given rank)."""
     check_output(out, overwrite=overwrite)
-    from lorakit.core import bases
-    from lorakit.algebra.compress import compress as run, output_kl
+    from lorakit.algebra.compress import compress as run
+    from lorakit.algebra.compress import output_kl
     from lorakit.algebra.factors import base_of, load
+    from lorakit.core import bases
 
     source = load(adapter)
     base_name = base_of(source.files, base) if sample else None

@@ -1,4 +1,4 @@
-"""The ``lorakit`` command. Each command group lives in its own module and registers itself here.
+"""The ``lorakit`` command. Each command group builds its own Typer app in its own module; this one mounts them.
 
 Every :class:`~lorakit.core.errors.LorakitError` becomes one line on stderr and exit code 2; so does a usage error
 (an unknown command or option, a missing or malformed argument), with the usage line of the command. Command
@@ -12,6 +12,8 @@ import sys
 import typer
 
 from lorakit._version import __version__
+from lorakit.cli import algebra, info, registry, serve, sweep, train
+from lorakit.cli import eval as eval_cli
 from lorakit.core.errors import LorakitError
 
 app = typer.Typer(name="lorakit", help="The whole life of a LoRA adapter: train, evaluate, inspect, merge, register, serve.",
@@ -29,14 +31,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """lorakit: inject, train, evaluate, inspect, merge, register and serve LoRA adapters."""
 
 
-def _register() -> None:
-    from lorakit.cli import info  # noqa: F401  (each module adds its commands to ``app``)
-    from lorakit.cli import algebra  # noqa: F401
-    from lorakit.cli import eval  # noqa: F401
-    from lorakit.cli import registry  # noqa: F401
-    from lorakit.cli import serve  # noqa: F401
-    from lorakit.cli import sweep  # noqa: F401
-    from lorakit.cli import train  # noqa: F401
+for group in (info, train, eval_cli, sweep, algebra, serve):
+    app.add_typer(group.app)  # each module's commands at the top level
+app.add_typer(registry.registry_app, name="registry")
 
 
 def usage_line(err: Exception) -> str:
@@ -49,7 +46,6 @@ def usage_line(err: Exception) -> str:
 
 
 def main() -> None:
-    _register()
     try:
         code = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it here
     except LorakitError as err:

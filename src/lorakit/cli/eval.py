@@ -7,10 +7,11 @@ from pathlib import Path
 
 import typer
 
-from lorakit.cli.app import app
 from lorakit.cli.options import dtype_name
 from lorakit.cli.progress import phase
 from lorakit.core.errors import ConfigError
+
+app = typer.Typer()  # mounted by lorakit.cli.app
 
 
 

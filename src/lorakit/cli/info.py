@@ -5,8 +5,11 @@ from __future__ import annotations
 import importlib.metadata
 import time
 
+import typer
+
 from lorakit._version import __version__
-from lorakit.cli.app import app
+
+app = typer.Typer()  # mounted by lorakit.cli.app
 
 _PACKAGES = ("torch", "transformers", "safetensors", "bitsandbytes", "peft", "fastapi", "sqlalchemy", "mlflow")
 

@@ -16,15 +16,15 @@ from typing import Any
 
 import torch
 
-from lorakit.core.files import atomic
 from lorakit.core import bases
+from lorakit.core.files import atomic
+from lorakit.core.model import inject
 from lorakit.data import encode_rows, load_rows
 from lorakit.data.demo_task import FIELDS, make_demo_task, prompt_messages, reference
 from lorakit.eval.drift import drift_kl
 from lorakit.eval.generate import generate
 from lorakit.eval.metrics import json_task_scores
 from lorakit.eval.regression import general_prompts
-from lorakit.core.model import inject
 from lorakit.train import Trainer, precision
 from lorakit.train.config import load_config
 

@@ -12,11 +12,8 @@ from typing import Any
 
 import typer
 
-from lorakit.cli.app import app
-
 registry_app = typer.Typer(help="Adapter registry: provenance, lineage, promotion, audit (SQLite or PostgreSQL).",
                            no_args_is_help=True)
-app.add_typer(registry_app, name="registry")
 
 _URL = typer.Option(None, "--registry", help="SQLite path or postgresql://USER@HOST:PORT/DB (default: $LORAKIT_REGISTRY, "
                                              "else LORAKIT_HOME/registry.db).")

@@ -6,8 +6,9 @@ import os
 
 import typer
 
-from lorakit.cli.app import app
 from lorakit.core.errors import ConfigError
+
+app = typer.Typer()  # mounted by lorakit.cli.app
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from lorakit.cli.app import app
+app = typer.Typer()  # mounted by lorakit.cli.app
+
 
 
 @app.command()

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import typer
 
-from lorakit.cli.app import app
 from lorakit.cli.options import OVERWRITE
 from lorakit.core.errors import ConfigError
+
+app = typer.Typer()  # mounted by lorakit.cli.app
 
 
 @app.command()

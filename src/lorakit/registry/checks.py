@@ -11,8 +11,8 @@ from sqlalchemy import select
 from lorakit.core.errors import RegistryError
 from lorakit.registry.manifest import hash_files
 from lorakit.registry.records import AdapterRecord, adapter_record
+from lorakit.registry.refs import find_bases, lookup, parse_ref
 from lorakit.registry.schema import Adapter
-from lorakit.registry.store import find_bases, lookup, parse_ref
 from lorakit.registry.tamper import chain_head, check_chain, check_state
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from lorakit.core.errors import RegistryError
 from lorakit.registry.records import dataset_dict
+from lorakit.registry.refs import lookup
 from lorakit.registry.schema import Adapter, AdapterDataset, Dataset, LineageEdge
-from lorakit.registry.store import lookup
 
 if TYPE_CHECKING:
     from lorakit.registry.store import Registry

@@ -12,51 +12,42 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from lorakit.core.errors import RegistryError
 from lorakit.core.files.peft_format import WEIGHTS_FILE
-from lorakit.registry import db
+from lorakit.registry import checks, db, graph
 from lorakit.registry.manifest import DatasetInfo, Manifest, ParentInfo, read_manifest
-from lorakit.registry.records import AdapterRecord, adapter_record, audit_dict, iso
-from lorakit.registry.schema import (STATUSES, Adapter, AdapterDataset, AdapterFile, AdapterTag, AuditEntry, BaseModel,
-                                     Dataset, LineageEdge, Metric, utcnow)
+from lorakit.registry.records import AdapterRecord, adapter_record, audit_dict
+from lorakit.registry.refs import check_name, check_status, check_tag, explicit, find_bases, lookup, parse_ref
+from lorakit.registry.schema import (
+    Adapter,
+    AdapterDataset,
+    AdapterFile,
+    AdapterTag,
+    AuditEntry,
+    BaseModel,
+    Dataset,
+    LineageEdge,
+    Metric,
+    utcnow,
+)
 from lorakit.registry.tamper import seal
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_SELECTORS = (*STATUSES, "latest")
 _PROMOTABLE = ("staging", "production")
 _WRAPPER_DIRS = ("adapter", "best", "final")
 _PENDING = "lorakit_audit_pending"
 
 
-def check_name(value: str, what: str = "name") -> str:
-    if not _NAME.fullmatch(value) or (what == "version" and value in _SELECTORS):
-        reserved = f" and not one of {', '.join(_SELECTORS)}" if what == "version" else ""
-        raise RegistryError(f"invalid adapter {what} {value!r}: use letters, digits, '.', '_' or '-' "
-                            f"(at most 128, starting with a letter or digit){reserved}")
-    return value
-
-
 def default_name(path: Path) -> str:
     """The directory's name — its parent's when it is a run's ``adapter``/``best``/``final`` folder."""
     return path.parent.name if path.name in _WRAPPER_DIRS and path.parent.name else path.name
-
-
-def parse_ref(ref: str) -> tuple[str, str | None]:
-    """``name``, ``name@version`` or ``name@<status|latest>`` → ``(name, selector or None)``."""
-    name, sep, selector = ref.strip().partition("@")
-    check_name(name)
-    if sep and not selector:
-        raise RegistryError(f"{ref!r}: nothing after '@'; write NAME@VERSION, NAME@production or NAME")
-    return name, selector or None
 
 
 class Registry:
@@ -292,24 +283,16 @@ class Registry:
     # --- graph and checks (see graph.py and checks.py) --------------------------------------------------
 
     def lineage(self, ref: str) -> dict[str, Any]:
-        from lorakit.registry.graph import lineage
-
-        return lineage(self, ref)
+        return graph.lineage(self, ref)
 
     def trained_on(self, dataset: str) -> dict[str, Any]:
-        from lorakit.registry.graph import trained_on
-
-        return trained_on(self, dataset)
+        return graph.trained_on(self, dataset)
 
     def verify(self, ref: str) -> list[dict[str, Any]]:
-        from lorakit.registry.checks import verify
-
-        return verify(self, ref)
+        return checks.verify(self, ref)
 
     def compatible(self, base: str) -> dict[str, Any]:
-        from lorakit.registry.checks import compatible
-
-        return compatible(self, base)
+        return checks.compatible(self, base)
 
 
 def _meta_text(meta: dict[str, Any], key: str) -> str | None:
@@ -317,57 +300,3 @@ def _meta_text(meta: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def check_tag(tag: str) -> str:
-    if not tag.strip() or len(tag) > 128:
-        raise RegistryError(f"invalid tag {tag!r}: a tag is 1 to 128 characters")
-    return tag.strip()
-
-
-def check_status(status: str) -> str:
-    if status not in STATUSES:
-        raise RegistryError(f"unknown status {status!r}: choose one of {', '.join(STATUSES)}")
-    return status
-
-
-def explicit(ref: str) -> str:
-    """``ref`` if it names a version or status: governance never acts on a bare name's newest version by guess."""
-    if "@" not in ref:
-        raise RegistryError(f"{ref!r}: say which version, e.g. {ref}@1 or {ref}@staging")
-    return ref
-
-
-def lookup(session: Session, ref: str, *, include_retired: bool = False) -> Adapter:
-    """The adapter row ``ref`` names, or a :class:`RegistryError` saying what the registry holds instead."""
-    name, selector = parse_ref(ref)
-    rows = session.scalars(select(Adapter).where(Adapter.name == name).order_by(Adapter.id)).all()
-    if not rows:
-        raise RegistryError(f"no adapter named {name!r} in the registry; `lorakit registry list` shows what is registered")
-    listing = ", ".join(f"{a.ref} ({a.status})" for a in rows[-6:])
-    if selector in STATUSES:
-        matching = [a for a in rows if a.status == selector]
-        if not matching:
-            raise RegistryError(f"{name} has no {selector} version (it has {listing}); "
-                                f"promote one with `lorakit registry promote {name}@VERSION --to {selector}`")
-        return max(matching, key=lambda a: (_stamp(a), a.id))
-    if selector in (None, "latest"):
-        live = [a for a in rows if a.status != "retired" or include_retired]
-        if not live:
-            raise RegistryError(f"every version of {name} is retired ({listing}); name one explicitly")
-        return live[-1]
-    for adapter in rows:
-        if adapter.version == selector:
-            return adapter
-    raise RegistryError(f"{name} has no version {selector!r} (it has {listing})")
-
-
-def _stamp(adapter: Adapter) -> str:
-    return iso(adapter.status_changed_at) or ""
-
-
-def find_bases(session: Session, base: str) -> list[BaseModel]:
-    """Registered bases whose name is ``base`` or whose fingerprint is or starts with it (8+ characters)."""
-    conditions = [BaseModel.name == base, BaseModel.fingerprint == base]
-    if len(base) >= 8:
-        conditions.append(BaseModel.fingerprint.startswith(base.lower(), autoescape=True))
-    found = session.scalars(select(BaseModel).where(or_(*conditions)).order_by(BaseModel.id)).all()
-    return list(found)

@@ -5,10 +5,14 @@ until the budget is spent, then writes ``results.csv``, ``pareto.png`` and ``rep
 output directory and promotes the best trial (or the Pareto set) in the registry. Several processes, on one
 machine (SQLite) or many (PostgreSQL), run ``run_sweep(..., mode="worker")`` on the same study and share its
 trials. See :mod:`lorakit.sweep.spec` for the file, :mod:`lorakit.sweep.study` for how workers cooperate.
+
+The package is callable: ``lk.sweep("sweep.yaml", ["budget.trials=4"])`` is ``run_sweep(...)``.
 """
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,3 +72,13 @@ def write_results(spec, study) -> dict[str, Any]:
     promoted = promote(spec, best)
     return {"rows": rows, "best": numbers, "promoted": promoted, "csv": csv_path, "png": png, "html": html,
             "summary": summary, "spec": spec}
+
+
+class _CallableSweep(types.ModuleType):
+    """This package's module type: calling it runs :func:`run_sweep` (so ``lk.sweep(...)`` works)."""
+
+    def __call__(self, source, overrides: list[str] = (), **options: Any) -> dict[str, Any]:
+        return run_sweep(source, overrides, **options)
+
+
+sys.modules[__name__].__class__ = _CallableSweep

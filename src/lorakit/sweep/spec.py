@@ -140,7 +140,7 @@ def load_sweep(source: str | Path | dict[str, Any], overrides: list[str] = ()) -
 
 def _name(name: str, where: str) -> str:
     from lorakit.core.errors import RegistryError
-    from lorakit.registry.store import check_name
+    from lorakit.registry.refs import check_name
 
     try:
         return check_name(name)
