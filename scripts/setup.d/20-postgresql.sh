@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PostgreSQL server binaries for the registry tests (tests/registry_support.py starts a throwaway cluster with
+# PostgreSQL server binaries for the registry tests (tests/registry/support.py starts a throwaway cluster with
 # initdb + pg_ctl on a loopback port). Installs Debian's postgresql only when initdb/pg_ctl are missing.
 set -euo pipefail
 have_server() {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Headless Chromium renders the evaluation report in tests (tests/test_eval_html.py). Installs only when missing.
+# Headless Chromium renders the evaluation report in tests (tests/eval/test_cli.py). Installs only when missing.
 set -euo pipefail
 if command -v chromium >/dev/null 2>&1; then
     exit 0

@@ -81,7 +81,7 @@ def test_merged_copy_refuses_a_broken_adapter_and_leaves_weights_alone():
         assert layer.merged == [] and torch.equal(layer.base_layer.weight, before[name])
 
 
-@pytest.mark.parametrize("threads, expected", [(1, 8), (2, 8), (4, 16), (16, 32)])
+@pytest.mark.parametrize("threads, expected", [(1, 16), (2, 16), (4, 16), (6, 24), (16, 32)])
 def test_auto_batch_size_follows_the_cpu_threads(monkeypatch, threads, expected):
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     assert auto_batch_size(torch.device("cpu")) == expected

@@ -62,11 +62,11 @@ def left_pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[tor
 
 
 def auto_batch_size(device: torch.device) -> int:
-    """Rows decoded together: 64 on an accelerator; on a CPU 4 per thread, between 8 and 32 (a decode step is
+    """Rows decoded together: 64 on an accelerator; on a CPU 4 per thread, between 16 and 32 (a decode step is
     bound by reading the weights, so wider batches share that read until the matmuls become compute-bound)."""
     if device.type != "cpu":
         return 64
-    return max(8, min(32, 4 * torch.get_num_threads()))
+    return max(16, min(32, 4 * torch.get_num_threads()))
 
 
 @contextlib.contextmanager

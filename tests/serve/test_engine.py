@@ -12,7 +12,7 @@ from lorakit.core.errors import AdapterFileError, BaseMismatchError
 from lorakit.serve import CacheFullError, PromptTooLongError, QueueFullError, SamplingParams, UnknownAdapterError
 from lorakit.serve import batch as batching
 from lorakit.serve.sampling import TextStream
-from tests.test_serve_support import engine_with, reference_greedy, save_adapters, tiny_base, tokenizer
+from tests.serve.support import engine_with, reference_greedy, save_adapters, tiny_base, tokenizer
 
 ATOL = 1e-4  # fp32: batched (padded, bmm) versus alone (merged weights)
 

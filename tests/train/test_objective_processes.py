@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from lorakit.cli.quickstart import tiny_base
 from lorakit.core import bases
 from lorakit.train.guard_cache import CACHE_FILE
-from tests.test_train_resume import _env, _same_run, _train, _wait_for
+from tests.train.test_resume import _env, _same_run, _train, _wait_for
 
 STEPS = 8
 ROWS = [{"prompt": f"Q{i}: colour of item {i}?", "completion": f" item {i} is {c}"}

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from lorakit.registry import Registry
 from lorakit.registry.checks import describe
-from tests.registry_support import make_adapter, registry_url, run_cli  # noqa: F401  (fixture)
+from tests.registry.support import make_adapter, registry_url, run_cli  # noqa: F401  (fixture)
 
 _DROP_GUARD = {"sqlite": ["DROP TRIGGER audit_log_no_update", "DROP TRIGGER audit_log_no_delete"],
                "postgresql": ["DROP TRIGGER audit_log_append_only ON audit_log"]}

@@ -9,7 +9,7 @@ import pytest
 
 import lorakit as lk
 from tests.helpers import tiny_llama
-from tests.registry_support import D1, family, make_adapter, registry_url, run_cli  # noqa: F401  (fixture)
+from tests.registry.support import D1, family, make_adapter, registry_url, run_cli  # noqa: F401  (fixture)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import sys
 from sqlalchemy import text
 
 from lorakit.registry import Registry
-from tests.registry_support import cluster, make_adapter
+from tests.registry.support import cluster, make_adapter
 
 PROCESSES, EACH = 4, 50
 

@@ -14,7 +14,7 @@ from lorakit.core.files.read import check_tensors
 from lorakit.core.layers import LoraLinear, RowRouting, routed
 from lorakit.serve import SamplingParams
 from lorakit.serve import batch as batching
-from tests.test_serve_support import engine_with, reference_greedy, save_adapters
+from tests.serve.support import engine_with, reference_greedy, save_adapters
 
 RANKS = {"a": 4, "b": 4, "c": 8, "d": 2}
 ATOL = 1e-5  # fp32 against an fp64 reference

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lorakit.serve.api import create_app
-from tests.test_serve_support import Server, engine_with, save_adapters
+from tests.serve.support import Server, engine_with, save_adapters
 
 ADMIN, KEY = "admin-token", "api-key"
 

@@ -13,7 +13,7 @@ import torch
 
 import lorakit as lk
 from lorakit.serve.api import create_app
-from tests.test_serve_support import Server, engine_with, save_adapters, tiny_base, tokenizer
+from tests.serve.support import Server, engine_with, save_adapters, tiny_base, tokenizer
 
 ATOL = 1e-4  # fp32 log-probabilities: batched server versus a merged model alone
 PROMPT = "Once upon a time"

@@ -23,7 +23,7 @@ from lorakit.core.files import atomic
 from lorakit.train import checkpoint
 from lorakit.train.config import load_config
 from tests.helpers import run_cli, tiny_llama
-from tests.registry_support import make_adapter
+from tests.registry.support import make_adapter
 
 
 @pytest.fixture

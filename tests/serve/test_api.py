@@ -15,7 +15,7 @@ import torch
 import lorakit as lk
 
 from lorakit.serve.api import create_app
-from tests.test_serve_support import Server, engine_with, save_adapters
+from tests.serve.support import Server, engine_with, save_adapters
 
 TOKEN = "s3cret-token"
 

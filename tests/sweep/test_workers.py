@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 
 from lorakit.registry import Registry
 from lorakit.sweep import run_sweep
-from tests.registry_support import cluster
-from tests.test_sweep import read_csv, tiny_sweep
+from tests.registry.support import cluster
+from tests.sweep.test_sweep import read_csv, tiny_sweep
 
 TRIALS = 4
 
@@ -75,7 +75,7 @@ def test_two_workers_share_one_study_on_sqlite_and_postgresql(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen([sys.executable, "-c", _WORKER, str(sync), f"w{i}",
                                  *(str(tmp_path / b / "sweep.yaml") for b in ("sqlite", "postgresql"))],
-                                env=env, cwd=Path(__file__).parents[1], stderr=subprocess.PIPE, text=True)
+                                env=env, cwd=Path(__file__).parents[2], stderr=subprocess.PIPE, text=True)
                for i in range(2)]
     for worker in workers:
         _, err = worker.communicate(timeout=600)
@@ -91,7 +91,7 @@ def test_sigkill_mid_trial_then_resume_reruns_that_trial_and_completes_the_budge
     path.write_text(yaml.safe_dump(sweep))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     worker = subprocess.Popen([sys.executable, "-m", "lorakit.cli", "sweep", str(path)], env=env,
-                              cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              cwd=Path(__file__).parents[2], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     started = tmp_path / "out" / "trials" / "0000" / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not started.exists():

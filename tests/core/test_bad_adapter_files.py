@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 import lorakit as lk
 from lorakit.core.errors import AdapterFileError
 from tests.helpers import run_cli, tiny_llama
-from tests.registry_support import make_adapter
+from tests.registry.support import make_adapter
 
 WEIGHTS = "adapter_model.safetensors"
 

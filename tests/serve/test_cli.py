@@ -10,7 +10,7 @@ import time
 import httpx
 import openai
 
-from tests.test_serve_support import free_port, save_adapters, tiny_base, tokenizer
+from tests.serve.support import free_port, save_adapters, tiny_base, tokenizer
 
 
 def test_lorakit_serve_answers_the_openai_client_for_several_adapters(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lorakit.serve.api import create_app
-from tests.test_serve_support import Server, engine_with, save_adapters
+from tests.serve.support import Server, engine_with, save_adapters
 
 REQUESTS, ADAPTERS, CLIENTS, MAX_RESIDENT = 200, 20, 16, 8
 

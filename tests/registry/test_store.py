@@ -16,7 +16,7 @@ import lorakit as lk
 from lorakit.core.errors import AdapterFileError, BaseMismatchError, LorakitError, RegistryError
 from lorakit.registry import Registry
 from tests.helpers import logits, randomize_adapter, tiny_llama, token_batch
-from tests.registry_support import D1, family, make_adapter, registry_url  # noqa: F401  (fixture)
+from tests.registry.support import D1, family, make_adapter, registry_url  # noqa: F401  (fixture)
 
 def test_round_trip_of_every_field(registry_url, tmp_path):
     meta = {"base": {"name_or_path": "tiny-llama", "fingerprint": lk.bases.fingerprint(tiny_llama()),

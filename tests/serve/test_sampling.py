@@ -11,7 +11,7 @@ import torch
 
 from lorakit.serve import SamplingParams
 from lorakit.serve.sampling import next_tokens, process
-from tests.test_serve_support import engine_with, save_adapters
+from tests.serve.support import engine_with, save_adapters
 
 INF = float("-inf")
 

@@ -14,7 +14,7 @@ from lorakit.core.errors import ConfigError
 from lorakit.core.model import lora_layers
 from tests.helpers import logits, randomize_adapter, tiny_llama, token_batch
 from tests.helpers import run_cli
-from tests.test_export_merge import adapter_on, tiny_base_dir
+from tests.algebra.test_export import adapter_on, tiny_base_dir
 
 
 @pytest.fixture

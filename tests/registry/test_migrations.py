@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from lorakit.core.errors import RegistryError
 from lorakit.registry import Registry, db
-from tests.registry_support import make_adapter, registry_url, run_cli  # noqa: F401  (fixture)
+from tests.registry.support import make_adapter, registry_url, run_cli  # noqa: F401  (fixture)
 
 
 def test_a_database_at_the_first_revision_upgrades_with_its_data(registry_url, tmp_path):
