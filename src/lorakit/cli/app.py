@@ -47,7 +47,7 @@ def usage_line(err: Exception) -> str:
 
 def main() -> None:
     try:
-        code = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it here
+        code = app(prog_name="lorakit", standalone_mode=False)  # click returns typer.Exit's code instead of raising it here
     except LorakitError as err:
         typer.echo(f"error: {err}".replace("\n", " "), err=True)
         sys.exit(2)
