@@ -45,8 +45,10 @@ def machine() -> str:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    return (f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"load average {os.getloadavg()[0]:.1f}")
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 def summary(ratios: list[float]) -> str:
@@ -90,8 +92,12 @@ class Decoder:
             self.tokens = logits.argmax(-1).tolist()
         else:
             self.cache = DynamicCache()
-            out = self.model(input_ids=torch.tensor(prompts), past_key_values=self.cache, use_cache=True,
-                             adapter_names=self.peft_names)
+            out = self.model(
+                input_ids=torch.tensor(prompts),
+                past_key_values=self.cache,
+                use_cache=True,
+                adapter_names=self.peft_names,
+            )
             self.token = out.logits[:, -1].argmax(-1, keepdim=True)
 
     def step(self) -> None:
@@ -100,7 +106,9 @@ class Decoder:
         if self.peft_names is None:
             self.tokens = batching.decode(self.model, self.layers, self.batch, self.tokens).argmax(-1).tolist()
         else:
-            out = self.model(input_ids=self.token, past_key_values=self.cache, use_cache=True, adapter_names=self.peft_names)
+            out = self.model(
+                input_ids=self.token, past_key_values=self.cache, use_cache=True, adapter_names=self.peft_names
+            )
             self.token = out.logits[:, -1].argmax(-1, keepdim=True)
 
 
@@ -192,8 +200,13 @@ def load_run(url: str, models: list[str], clients: int, deadline_s: float) -> tu
         if time.perf_counter() - start > deadline_s:
             return
         sent = time.perf_counter()
-        client.completions.create(model=models[i], prompt=f"Question {i}: what should I do next?", max_tokens=16,
-                                  temperature=0, extra_body={"ignore_eos": True})
+        client.completions.create(
+            model=models[i],
+            prompt=f"Question {i}: what should I do next?",
+            max_tokens=16,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
         latencies.append(time.perf_counter() - sent)
 
     with ThreadPoolExecutor(clients) as pool:
@@ -219,14 +232,23 @@ def serve_in_thread(app):
 
 def tiny_model():
     """A 2-layer random Llama (hidden 64) speaking the default model's tokenizer, for ``--smoke``."""
-    import lorakit as lk
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    import lorakit as lk
 
     tokenizer = AutoTokenizer.from_pretrained(lk.bases.resolve(lk.bases.DEFAULT_BASE))
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = LlamaForCausalLM(config).eval()
     model.config.name_or_path = "tiny-smoke"
     return model, tokenizer
@@ -239,7 +261,9 @@ def bench_server(engine, pairs: int, requests: int, clients: int = 64) -> dict:
     result = {"S1": [], "mixed": [], "single": []}
     server, url = serve_in_thread(create_app(engine))
     try:
-        load_run(url, random.Random(99).choices([f"ad{i}" for i in range(N_ADAPTERS)], weights, k=clients), clients, 300)
+        load_run(
+            url, random.Random(99).choices([f"ad{i}" for i in range(N_ADAPTERS)], weights, k=clients), clients, 300
+        )
         for pair in range(pairs):
             zipf = random.Random(pair).choices([f"ad{i}" for i in range(N_ADAPTERS)], weights, k=requests)
             mixed_rate, mixed_lat = load_run(url, zipf, clients, 600)
@@ -247,8 +271,11 @@ def bench_server(engine, pairs: int, requests: int, clients: int = 64) -> dict:
             result["S1"].append(mixed_rate / single_rate)
             result["mixed"].append((mixed_rate, mixed_lat))
             result["single"].append((single_rate, single_lat))
-            print(f"  S1: {mixed_rate:.2f} vs {single_rate:.2f} req/s -> {mixed_rate / single_rate:.3f} "
-                  f"({len(set(zipf))} distinct adapters)", flush=True)
+            print(
+                f"  S1: {mixed_rate:.2f} vs {single_rate:.2f} req/s -> {mixed_rate / single_rate:.3f} "
+                f"({len(set(zipf))} distinct adapters)",
+                flush=True,
+            )
     finally:
         server.should_exit = True
     return result
@@ -269,19 +296,32 @@ def table(g: dict, l1: list[float], l2: float, s: dict, requests: int) -> str:
         ("G3", "same mixed batch: lorakit / PEFT `adapter_names`", summary(g["G3"]), "≥ 2.0"),
         ("L1", "disk to servable / raw `safetensors.torch.load_file`", summary(l1), "≤ 1.5"),
         ("L2", "switch a batch between two resident adapters (median of 100)", f"{l2:.3f} ms", "≤ 1 ms"),
-        ("S1", f"req/s, 64 clients, 100 adapters (Zipf) / all on one ({requests} requests × 16 tokens a run)",
-         summary(s["S1"]), "≥ 0.8"),
-        ("S2", "latency at that load, p50 / p99 (100 adapters; one adapter)",
-         f"{percentile(mixed_lat, .5):.1f} s / {percentile(mixed_lat, .99):.1f} s; "
-         f"{percentile(single_lat, .5):.1f} s / {percentile(single_lat, .99):.1f} s", "reported"),
+        (
+            "S1",
+            f"req/s, 64 clients, 100 adapters (Zipf) / all on one ({requests} requests × 16 tokens a run)",
+            summary(s["S1"]),
+            "≥ 0.8",
+        ),
+        (
+            "S2",
+            "latency at that load, p50 / p99 (100 adapters; one adapter)",
+            f"{percentile(mixed_lat, 0.5):.1f} s / {percentile(mixed_lat, 0.99):.1f} s; "
+            f"{percentile(single_lat, 0.5):.1f} s / {percentile(single_lat, 0.99):.1f} s",
+            "reported",
+        ),
     ]
     rates = g["rates"]
     lines = ["| id | figure | ratio, median (min–max) | goal |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     lines.append("")
-    lines.append("Absolute rates (median tokens/s, contender / reference): " + "; ".join(
-        f"{k} {statistics.median(rates[k]):.1f} / {statistics.median(rates[k + ' ref']):.1f}"
-        for k in ("G1 batch 1", "G1 batch 8", "G2", "G3")) + ".")
+    lines.append(
+        "Absolute rates (median tokens/s, contender / reference): "
+        + "; ".join(
+            f"{k} {statistics.median(rates[k]):.1f} / {statistics.median(rates[k + ' ref']):.1f}"
+            for k in ("G1 batch 1", "G1 batch 8", "G2", "G3")
+        )
+        + "."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -298,8 +338,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--write-docs", action="store_true")
-    parser.add_argument("--smoke", action="store_true", help="tiny random base, 10 adapters, 1 pair, 16 requests "
-                                                             "(checks the script end to end; numbers mean nothing)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny random base, 10 adapters, 1 pair, 16 requests (checks the script end to end; numbers mean nothing)",
+    )
     args = parser.parse_args()
     global N_ADAPTERS
     if args.smoke:
@@ -337,9 +380,15 @@ def main() -> None:
         print("server (S1, S2)", flush=True)
         s = bench_server(engine, args.pairs, args.requests, clients=8 if args.smoke else 64)
     text = table(g, l1, l2, s, args.requests)
-    command = "--smoke" if args.smoke else f"--pairs {args.pairs} --threads {args.threads} --requests {args.requests} --write-docs"
-    header = (f"Command: `.venv/bin/python bench/serve.py {command}` ({time.perf_counter() - began:.0f} s)\n\n"
-              f"Machine: {machine()}\n\n")
+    command = (
+        "--smoke"
+        if args.smoke
+        else f"--pairs {args.pairs} --threads {args.threads} --requests {args.requests} --write-docs"
+    )
+    header = (
+        f"Command: `.venv/bin/python bench/serve.py {command}` ({time.perf_counter() - began:.0f} s)\n\n"
+        f"Machine: {machine()}\n\n"
+    )
     print(header + text)
     if args.write_docs:
         write_docs(header + text)

@@ -72,15 +72,24 @@ def kinds_for(precision: str) -> tuple[str, ...]:
 
 def _lorakit_step(model, tokenizer, precision: str):
     import lorakit as lk
-    from lorakit.data.encode import EncodedData, Encoded
+    from lorakit.data.encode import Encoded, EncodedData
     from lorakit.train import Trainer
 
     lk.inject(model, lk.LoraConfig(r=16, alpha=32, dropout=0.0, targets=TARGETS))
     rows = [Encoded(ids.tolist(), ids.tolist()) for ids in _batch()]
     data = EncodedData(rows, "<random>")
-    config = {"output": str(ROOT / "runs" / "bench-train-step"), "train": {
-        "max_steps": 1000, "batch_size": BATCH, "lr": 1e-4, "precision": precision, "warmup_ratio": 0.0,
-        "eval_every": None, "save_every": None}}
+    config = {
+        "output": str(ROOT / "runs" / "bench-train-step"),
+        "train": {
+            "max_steps": 1000,
+            "batch_size": BATCH,
+            "lr": 1e-4,
+            "precision": precision,
+            "warmup_ratio": 0.0,
+            "eval_every": None,
+            "save_every": None,
+        },
+    }
     trainer = Trainer(model, tokenizer, config, data, progress=False)
     trainer.callbacks = []
     from lorakit.train.objectives import build_objective
@@ -98,7 +107,9 @@ def _torch_step(model, params, precision: str):
     model.train()
 
     def step():
-        context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
+        context = (
+            torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
+        )
         with context:
             loss = model(input_ids=ids, labels=ids, use_cache=False).loss
         loss.backward()
@@ -106,6 +117,7 @@ def _torch_step(model, params, precision: str):
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+
     return step
 
 
@@ -120,7 +132,9 @@ def worker(kind: str, precision: str, steps: int, quick: bool) -> dict:
 
         if kind == "peft-bf16":
             model.to(torch.bfloat16)
-        model = peft.get_peft_model(model, peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS))
+        model = peft.get_peft_model(
+            model, peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS)
+        )
         step = _torch_step(model, [p for p in model.parameters() if p.requires_grad], precision)
     elif kind == "floor":
         for p in model.parameters():
@@ -137,8 +151,13 @@ def worker(kind: str, precision: str, steps: int, quick: bool) -> dict:
         step()
         times.append(time.perf_counter() - begin)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"kind": kind, "precision": precision, "step_s": statistics.median(times), "peak_rss_mb": peak_kib / 1024,
-            "threads": torch.get_num_threads()}
+    return {
+        "kind": kind,
+        "precision": precision,
+        "step_s": statistics.median(times),
+        "peak_rss_mb": peak_kib / 1024,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def t5_worker(pairs: int, quick: bool) -> list[dict]:
@@ -166,6 +185,7 @@ def t5_worker(pairs: int, quick: bool) -> list[dict]:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is not None and ids.shape[1] == 1:
             decoded[0] += ids.shape[0]
+
     model.register_forward_pre_hook(count_decode, with_kwargs=True)
 
     def speed(context, merge: bool) -> float:
@@ -178,9 +198,13 @@ def t5_worker(pairs: int, quick: bool) -> list[dict]:
     generate(model, tokenizer, prompts[:2], max_new_tokens=2)  # warm-up
     rounds = []
     for _ in range(pairs):
-        rounds.append({"adapted": speed(contextlib.nullcontext(), True),
-                       "unmerged": speed(contextlib.nullcontext(), False),
-                       "base": speed(lk.disabled(model), True)})
+        rounds.append(
+            {
+                "adapted": speed(contextlib.nullcontext(), True),
+                "unmerged": speed(contextlib.nullcontext(), False),
+                "base": speed(lk.disabled(model), True),
+            }
+        )
     return rounds
 
 
@@ -204,12 +228,20 @@ def _t5(pairs: int, quick: bool) -> list[dict]:
 def machine() -> str:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     flags = Path("/proc/cpuinfo").read_text()
     isa = "AMX" if "amx_bf16" in flags else ("AVX512-BF16" if "avx512_bf16" in flags else "no bf16 ISA")
-    return (f"{cpu} ({isa}), {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}")
+    return (
+        f"{cpu} ({isa}), {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}"
+    )
 
 
 def _ratio_cell(values: list[float], goal: float | None) -> str:
@@ -221,6 +253,7 @@ def _ratio_cell(values: list[float], goal: float | None) -> str:
 def table(results: dict[str, list[dict]], pairs: int) -> str:
     lines = ["| figure | precision | ratio, median (min–max) | goal | absolute medians |", "|---|---|---|---|---|"]
     for precision, rounds in results.items():
+
         def per_round(metric: str, num: str, den: str) -> list[float]:
             return [r[num][metric] / r[den][metric] for r in rounds]
 
@@ -228,22 +261,49 @@ def table(results: dict[str, list[dict]], pairs: int) -> str:
             return statistics.median(r[kind][metric] for r in rounds)
 
         rows = [
-            ("T1 step time, lorakit / PEFT", per_round("step_s", "lorakit", "peft"), 0.85,
-             f"lorakit {med('lorakit', 'step_s'):.2f} s, PEFT {med('peft', 'step_s'):.2f} s"),
-            *([("T1 step time, lorakit / PEFT with base stored in bf16", per_round("step_s", "lorakit", "peft-bf16"), 0.85,
-                f"PEFT (bf16 base) {med('peft-bf16', 'step_s'):.2f} s, {med('peft-bf16', 'peak_rss_mb'):.0f} MB")]
-              if "peft-bf16" in rounds[0] else []),
-            ("T2 step time, lorakit / floor", per_round("step_s", "lorakit", "floor"), 1.05,
-             f"floor {med('floor', 'step_s'):.2f} s, full FT {med('full', 'step_s'):.2f} s"),
-            ("T3 peak RSS, lorakit / PEFT", per_round("peak_rss_mb", "lorakit", "peft"), 0.75,
-             f"lorakit {med('lorakit', 'peak_rss_mb'):.0f} MB, PEFT {med('peft', 'peak_rss_mb'):.0f} MB"),
-            ("T4 peak RSS, lorakit / full FT", per_round("peak_rss_mb", "lorakit", "full"), 0.65,
-             f"full FT {med('full', 'peak_rss_mb'):.0f} MB, floor {med('floor', 'peak_rss_mb'):.0f} MB"),
+            (
+                "T1 step time, lorakit / PEFT",
+                per_round("step_s", "lorakit", "peft"),
+                0.85,
+                f"lorakit {med('lorakit', 'step_s'):.2f} s, PEFT {med('peft', 'step_s'):.2f} s",
+            ),
+            *(
+                [
+                    (
+                        "T1 step time, lorakit / PEFT with base stored in bf16",
+                        per_round("step_s", "lorakit", "peft-bf16"),
+                        0.85,
+                        f"PEFT (bf16 base) {med('peft-bf16', 'step_s'):.2f} s, {med('peft-bf16', 'peak_rss_mb'):.0f} MB",
+                    )
+                ]
+                if "peft-bf16" in rounds[0]
+                else []
+            ),
+            (
+                "T2 step time, lorakit / floor",
+                per_round("step_s", "lorakit", "floor"),
+                1.05,
+                f"floor {med('floor', 'step_s'):.2f} s, full FT {med('full', 'step_s'):.2f} s",
+            ),
+            (
+                "T3 peak RSS, lorakit / PEFT",
+                per_round("peak_rss_mb", "lorakit", "peft"),
+                0.75,
+                f"lorakit {med('lorakit', 'peak_rss_mb'):.0f} MB, PEFT {med('peft', 'peak_rss_mb'):.0f} MB",
+            ),
+            (
+                "T4 peak RSS, lorakit / full FT",
+                per_round("peak_rss_mb", "lorakit", "full"),
+                0.65,
+                f"full FT {med('full', 'peak_rss_mb'):.0f} MB, floor {med('floor', 'peak_rss_mb'):.0f} MB",
+            ),
             ("(PEFT step / floor, for reference)", per_round("step_s", "peft", "floor"), None, ""),
             ("(floor RSS / full FT, for reference)", per_round("peak_rss_mb", "floor", "full"), None, ""),
         ]
         for name, values, goal, absolute in rows:
-            lines.append(f"| {name} | {precision} | {_ratio_cell(values, goal)} | {'' if goal is None else f'≤ {goal}'} | {absolute} |")
+            lines.append(
+                f"| {name} | {precision} | {_ratio_cell(values, goal)} | {'' if goal is None else f'≤ {goal}'} | {absolute} |"
+            )
     return "\n".join(lines)
 
 
@@ -259,11 +319,15 @@ def t5_table(rounds: list[dict]) -> str:
         verdict = "" if goal is None else (" ✅" if mid >= goal else " ❌")
         return f"{mid:.2f} ({min(values):.2f}–{max(values):.2f}){verdict}"
 
-    return "\n".join([
-        "| figure | ratio, median (min–max) | goal | absolute medians |", "|---|---|---|---|",
-        f"| T5 eval decode tokens/s, adapted (merged copy) / base | {cell(ratios('adapted'), 0.95)} | ≥ 0.95 | "
-        f"adapted {med('adapted'):.0f} tok/s, base {med('base'):.0f} tok/s |",
-        f"| (adapted unmerged / base, for reference) | {cell(ratios('unmerged'), None)} | | unmerged {med('unmerged'):.0f} tok/s |"])
+    return "\n".join(
+        [
+            "| figure | ratio, median (min–max) | goal | absolute medians |",
+            "|---|---|---|---|",
+            f"| T5 eval decode tokens/s, adapted (merged copy) / base | {cell(ratios('adapted'), 0.95)} | ≥ 0.95 | "
+            f"adapted {med('adapted'):.0f} tok/s, base {med('base'):.0f} tok/s |",
+            f"| (adapted unmerged / base, for reference) | {cell(ratios('unmerged'), None)} | | unmerged {med('unmerged'):.0f} tok/s |",
+        ]
+    )
 
 
 def write_docs(text: str) -> None:
@@ -279,8 +343,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--precision", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
     parser.add_argument("--worker", choices=(*KINDS, "t5"))
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: tiny random model, batch 2 × 16, one round of one step, bf16 only (numbers mean nothing)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: tiny random model, batch 2 × 16, one round of one step, bf16 only (numbers mean nothing)",
+    )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -300,20 +367,41 @@ def main() -> None:
         for round_ in range(args.pairs):
             measured = {kind: run_worker(kind, precision, args.steps, args.quick) for kind in kinds_for(precision)}
             results[precision].append(measured)
-            print(f"{precision} round {round_ + 1}: " + ", ".join(
-                f"{k} {v['step_s']:.2f} s {v['peak_rss_mb']:.0f} MB" for k, v in measured.items()), flush=True)
-    command = "    .venv/bin/python bench/train_step.py " + " ".join(
-        f"--{k} {v}" for k, v in (("pairs", args.pairs), ("steps", args.steps))) + " --precision " + " ".join(args.precision)
+            print(
+                f"{precision} round {round_ + 1}: "
+                + ", ".join(f"{k} {v['step_s']:.2f} s {v['peak_rss_mb']:.0f} MB" for k, v in measured.items()),
+                flush=True,
+            )
+    command = (
+        "    .venv/bin/python bench/train_step.py "
+        + " ".join(f"--{k} {v}" for k, v in (("pairs", args.pairs), ("steps", args.steps)))
+        + " --precision "
+        + " ".join(args.precision)
+    )
     command = "    .venv/bin/python bench/train_step.py --quick" if args.quick else command
     t5 = _t5(args.pairs, args.quick)
-    text = "\n".join(["### Training step (T1–T4) and evaluation generation (T5)", "", "```", command, "```", "",
-                      f"Machine: {machine()}.", "",
-                      f"Batch {BATCH} × {LENGTH} tokens, LoRA r=16 α=32 on q,k,v,o,gate,up,down, dropout 0, fused AdamW; "
-                      f"{args.pairs} rounds of fresh processes, {args.steps} timed steps each.", "",
-                      table(results, args.pairs), "",
-                      f"T5: {QUICK['prompts'] if args.quick else T5_PROMPTS} quickstart test prompts, greedy, at most "
-                      f"{QUICK['new_tokens'] if args.quick else T5_NEW_TOKENS} new tokens, batch size chosen by "
-                      f"`generate`, {args.pairs} alternating rounds in one process.", "", t5_table(t5)])
+    text = "\n".join(
+        [
+            "### Training step (T1–T4) and evaluation generation (T5)",
+            "",
+            "```",
+            command,
+            "```",
+            "",
+            f"Machine: {machine()}.",
+            "",
+            f"Batch {BATCH} × {LENGTH} tokens, LoRA r=16 α=32 on q,k,v,o,gate,up,down, dropout 0, fused AdamW; "
+            f"{args.pairs} rounds of fresh processes, {args.steps} timed steps each.",
+            "",
+            table(results, args.pairs),
+            "",
+            f"T5: {QUICK['prompts'] if args.quick else T5_PROMPTS} quickstart test prompts, greedy, at most "
+            f"{QUICK['new_tokens'] if args.quick else T5_NEW_TOKENS} new tokens, batch size chosen by "
+            f"`generate`, {args.pairs} alternating rounds in one process.",
+            "",
+            t5_table(t5),
+        ]
+    )
     print(text)
     if args.write_docs:
         write_docs(text)

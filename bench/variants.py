@@ -44,8 +44,13 @@ DATA = {"format": "chat", "max_length": 160}
 def run_config(variant: str, steps: int, data: dict[str, Path], out: Path) -> dict:
     change = VARIANTS[variant]
     train = {**TRAIN, "max_steps": steps, "eval_every": None, "save_every": None, **change.get("train", {})}
-    config = {"base": "smollm2-135m-instruct", "output": str(out), "lora": {**BASE_LORA, **change.get("lora", {})},
-              "data": {**DATA, "train": str(data["train"]), "eval": str(data["val"])}, "train": train}
+    config = {
+        "base": "smollm2-135m-instruct",
+        "output": str(out),
+        "lora": {**BASE_LORA, **change.get("lora", {})},
+        "data": {**DATA, "train": str(data["train"]), "eval": str(data["val"])},
+        "train": train,
+    }
     if "quantize" in change:
         config["quantize"] = change["quantize"]
     if "adalora" in change:  # tinit/tfinal given as fractions of the run
@@ -59,9 +64,9 @@ def one_variant(variant: str, steps: int, test_rows: int, out: Path) -> dict:
     import torch
 
     import lorakit as lk
+    from lorakit.cli.quickstart import SPLITS, evaluate_task
     from lorakit.core import quant
     from lorakit.data.demo_task import make_demo_task
-    from lorakit.cli.quickstart import SPLITS, evaluate_task
     from lorakit.train import Trainer, precision
 
     task = make_demo_task(*SPLITS["real"])
@@ -78,8 +83,11 @@ def one_variant(variant: str, steps: int, test_rows: int, out: Path) -> dict:
     summary = trainer.fit()
     row["eval_loss"] = summary["metrics"]["best_eval_loss"]  # the single evaluation, after the last step
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    steps_s = [json.loads(line)["step_s"] for line in (out / "run" / "metrics.jsonl").read_text().splitlines()
-               if "step_s" in line]
+    steps_s = [
+        json.loads(line)["step_s"]
+        for line in (out / "run" / "metrics.jsonl").read_text().splitlines()
+        if "step_s" in line
+    ]
     row["step_s"] = statistics.median(steps_s[3:] or steps_s)
     row["completed"] = summary["completed"]
     if "quantize" not in VARIANTS[variant]:
@@ -100,10 +108,12 @@ def footprint() -> str:
     model, _ = lk.bases.load("smollm2-135m-instruct", quantize="nf4")
     quantised, fp32 = quant.quantized_footprint(model)
     held, full = quant.base_footprint(model)
-    return (f"- **Q1** NF4 linear layers with double-quantised constants ÷ the same layers in fp32: **{quantised / fp32:.4f}** "
-            f"({quantised / 2**20:.1f} MiB vs {fp32 / 2**20:.1f} MiB; goal ≤ 0.135).\n"
-            f"- **Q1b** whole base (embeddings and norms stay fp32) NF4 ÷ fp32: **{held / full:.3f}** "
-            f"({held / 2**20:.1f} MiB vs {full / 2**20:.1f} MiB).\n")
+    return (
+        f"- **Q1** NF4 linear layers with double-quantised constants ÷ the same layers in fp32: **{quantised / fp32:.4f}** "
+        f"({quantised / 2**20:.1f} MiB vs {fp32 / 2**20:.1f} MiB; goal ≤ 0.135).\n"
+        f"- **Q1b** whole base (embeddings and norms stay fp32) NF4 ÷ fp32: **{held / full:.3f}** "
+        f"({held / 2**20:.1f} MiB vs {full / 2**20:.1f} MiB).\n"
+    )
 
 
 def checkpointing_step(variant: str, checkpointing: bool) -> dict:
@@ -131,8 +141,12 @@ def checkpointing_table() -> str:
     rows = []
     for variant in ("LoRA", "DoRA", "QLoRA (NF4)"):
         for flag in (False, True):
-            result = subprocess.run([sys.executable, __file__, "--checkpointing-step", variant] + (["--on"] if flag else []),
-                                    capture_output=True, text=True, cwd=ROOT)
+            result = subprocess.run(
+                [sys.executable, __file__, "--checkpointing-step", variant] + (["--on"] if flag else []),
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
             found = [line[4:] for line in result.stdout.splitlines() if line.startswith("ROW ")]
             if not found:
                 print(f"{variant}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
@@ -143,7 +157,9 @@ def checkpointing_table() -> str:
         pair = [r for r in rows if r["variant"] == variant]
         if len(pair) == 2:
             off, on = sorted(pair, key=lambda r: r["checkpointing"])
-            lines.append(f"| {variant} | {off['step_mb']:.0f} MB → {on['step_mb']:.0f} MB | {on['step_mb'] / off['step_mb']:.2f} |")
+            lines.append(
+                f"| {variant} | {off['step_mb']:.0f} MB → {on['step_mb']:.0f} MB | {on['step_mb'] / off['step_mb']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -158,7 +174,9 @@ def nf4_merge(adapter: str) -> str:
         lk.load_adapter(model, adapter)
         report = merge_quantized(model, requantize=requantize, sample=sample_batch(model, batch=4, length=64))
         form = "re-quantised to NF4" if requantize else "kept in fp32"
-        lines.append(f"| {form} ({report.quantized_layers} layers) | {report.max_abs_logit_delta:.4g} | {report.mean_kl:.3g} |")
+        lines.append(
+            f"| {form} ({report.quantized_layers} layers) | {report.max_abs_logit_delta:.4g} | {report.mean_kl:.3g} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -179,24 +197,33 @@ def machine() -> str:
 
 def table(rows: list[dict], steps: int, test_rows: int, command: str, where: str) -> str:
     lora = next((r for r in rows if r["variant"] == "LoRA"), None)
-    lines = [f"Command: `{command}` — {steps} optimizer steps per variant, each in a fresh process; exact match on "
-             f"{test_rows} held-out test messages. Machine: {where}.", "",
-             "| variant | exact match | eval loss | trainable params | peak RSS | step time | step ÷ LoRA |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Command: `{command}` — {steps} optimizer steps per variant, each in a fresh process; exact match on "
+        f"{test_rows} held-out test messages. Machine: {where}.",
+        "",
+        "| variant | exact match | eval loss | trainable params | peak RSS | step time | step ÷ LoRA |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
     def ratio(r: dict) -> str:
         return f"{r['step_s'] / lora['step_s']:.2f}" if lora else "—"
 
     for r in rows:
         match = "not scored" if r["exact_match"] is None else f"{100 * r['exact_match']:.1f}%"
-        lines.append(f"| {r['variant']} | {match} | {r['eval_loss']:.4f} | {r['trainable']:,} | "
-                     f"{r['peak_rss_mb']:.0f} MB | {r['step_s']:.2f} s | {ratio(r)} |")
+        lines.append(
+            f"| {r['variant']} | {match} | {r['eval_loss']:.4f} | {r['trainable']:,} | "
+            f"{r['peak_rss_mb']:.0f} MB | {r['step_s']:.2f} s | {ratio(r)} |"
+        )
     qlora = next((r for r in rows if "q1" in r), None)
     if qlora is not None and lora is not None:
         q2 = qlora["eval_loss"] / lora["eval_loss"]
-        lines += ["", f"- **Q1** NF4 linear layers with double-quantised constants ÷ the same layers in fp32: "
-                      f"**{qlora['q1']:.4f}** (goal ≤ 0.135; {'met' if qlora['q1'] <= 0.135 else 'missed'}).",
-                  f"- **Q1b** whole base (embeddings and norms stay fp32) NF4 ÷ fp32: **{qlora['q1b']:.3f}**.",
-                  f"- **Q2** QLoRA eval loss ÷ LoRA eval loss: **{q2:.4f}** (goal ≤ 1.05; {'met' if q2 <= 1.05 else 'missed'})."]
+        lines += [
+            "",
+            f"- **Q1** NF4 linear layers with double-quantised constants ÷ the same layers in fp32: "
+            f"**{qlora['q1']:.4f}** (goal ≤ 0.135; {'met' if qlora['q1'] <= 0.135 else 'missed'}).",
+            f"- **Q1b** whole base (embeddings and norms stay fp32) NF4 ÷ fp32: **{qlora['q1b']:.3f}**.",
+            f"- **Q2** QLoRA eval loss ÷ LoRA eval loss: **{q2:.4f}** (goal ≤ 1.05; {'met' if q2 <= 1.05 else 'missed'}).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -211,15 +238,21 @@ def write_docs(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=80)
-    parser.add_argument("--test-rows", type=int, default=120, help="held-out test messages scored by exact match (0: skip)")
+    parser.add_argument(
+        "--test-rows", type=int, default=120, help="held-out test messages scored by exact match (0: skip)"
+    )
     parser.add_argument("--out", default="runs/bench-variants")
     parser.add_argument("--only", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset, in table order")
     parser.add_argument("--write-docs", action="store_true")
-    parser.add_argument("--checkpointing", action="store_true", help="peak memory of one step without/with gradient checkpointing")
+    parser.add_argument(
+        "--checkpointing", action="store_true", help="peak memory of one step without/with gradient checkpointing"
+    )
     parser.add_argument("--checkpointing-step", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--on", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--nf4-merge", metavar="ADAPTER", help="merge a trained adapter into the NF4 model and report the change")
+    parser.add_argument(
+        "--nf4-merge", metavar="ADAPTER", help="merge a trained adapter into the NF4 model and report the change"
+    )
     parser.add_argument("--footprint-only", action="store_true", help="print Q1/Q1b for the NF4 default model and stop")
     args = parser.parse_args()
     out = Path(args.out)
@@ -237,14 +270,31 @@ def main() -> None:
         print(footprint())
         return
     if args.only:
-        row = one_variant(args.only, args.steps, args.test_rows, out / re.sub(r"\W+", "-", args.only).strip("-").lower())
+        row = one_variant(
+            args.only, args.steps, args.test_rows, out / re.sub(r"\W+", "-", args.only).strip("-").lower()
+        )
         print("ROW " + json.dumps(row), flush=True)
         return
     rows = []
     for variant in args.variants.split(","):
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, __file__, "--only", variant, "--steps", str(args.steps),
-                                 "--test-rows", str(args.test_rows), "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+        result = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--only",
+                variant,
+                "--steps",
+                str(args.steps),
+                "--test-rows",
+                str(args.test_rows),
+                "--out",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         found = [line[4:] for line in result.stdout.splitlines() if line.startswith("ROW ")]
         if result.returncode != 0 or not found:
             print(f"{variant}: failed\n{result.stderr[-3000:]}", file=sys.stderr)

@@ -32,13 +32,11 @@ ALIASES = {
 }
 
 
-
-
 def target_of(fullname: str) -> str | None:
     """The module an old name stands for (``lorakit.layers.linear`` -> ``lorakit.core.layers.linear``), or None."""
     for old, new in ALIASES.items():
         if fullname == old or fullname.startswith(old + "."):
-            return new + fullname[len(old):]
+            return new + fullname[len(old) :]
     return None
 
 

@@ -54,7 +54,9 @@ def _peft_combined(paths, weights, method, **kwargs):
     model.eval()
     deltas = {}
     for name, module in model.base_model.model.named_modules():
-        if hasattr(module, "get_delta_weight") and ("mix" in getattr(module, "lora_A", {}) or "mix" in getattr(module, "lora_embedding_A", {})):
+        if hasattr(module, "get_delta_weight") and (
+            "mix" in getattr(module, "lora_A", {}) or "mix" in getattr(module, "lora_embedding_A", {})
+        ):
             delta = module.get_delta_weight("mix").double()
             deltas[name] = delta.T if "embed" in name else delta  # PEFT's embedding delta is (n, dim); B·A is (dim, n)
     return model, deltas
@@ -100,7 +102,7 @@ def test_svd_at_full_rank_is_exact_and_at_rank_k_is_the_best_rank_k_approximatio
         U, S, Vh = torch.linalg.svd(expected[name], full_matrices=False)
         best = U[:, :3] @ torch.diag(S[:3]) @ Vh[:3]  # Eckart–Young: the best rank-3 approximation
         assert torch.allclose(delta, best, atol=1e-5), name
-        assert low.kept_energy[name] == pytest.approx(float((S[:3] ** 2).sum() / (S ** 2).sum()), rel=1e-6)
+        assert low.kept_energy[name] == pytest.approx(float((S[:3] ** 2).sum() / (S**2).sum()), rel=1e-6)
 
 
 def test_svd_matches_peft(pair, tmp_path):
@@ -145,8 +147,10 @@ def test_ties_keeps_only_entries_agreeing_with_the_elected_sign():
 
 @pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
 def test_dare_is_deterministic_under_a_seed(pair, tmp_path, method):
-    runs = [combine(pair, tmp_path / f"{method}{i}", weights=WEIGHTS, method=method, density=0.5, seed=seed)
-            for i, seed in enumerate((7, 7, 8))]
+    runs = [
+        combine(pair, tmp_path / f"{method}{i}", weights=WEIGHTS, method=method, density=0.5, seed=seed)
+        for i, seed in enumerate((7, 7, 8))
+    ]
     first, again, other = (_deltas(r.path) for r in runs)
     assert all(torch.equal(first[n], again[n]) for n in first)
     assert any(not torch.allclose(first[n], other[n]) for n in first)

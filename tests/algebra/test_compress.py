@@ -12,9 +12,8 @@ import lorakit as lk
 from lorakit.algebra import compress, load, output_kl
 from lorakit.core.errors import ConfigError
 from lorakit.core.model import lora_layers
-from tests.helpers import logits, randomize_adapter, tiny_llama, token_batch
-from tests.helpers import run_cli
 from tests.algebra.test_export import adapter_on, tiny_base_dir
+from tests.helpers import logits, randomize_adapter, run_cli, tiny_llama, token_batch
 
 
 @pytest.fixture
@@ -53,10 +52,10 @@ def test_energy_keeps_at_least_that_fraction_per_module_at_the_smallest_rank(ada
     assert max(ranks.values()) < 8 and len(set(ranks.values())) >= 1
     for name, delta in before.items():
         S = torch.linalg.svdvals(delta)
-        energy = torch.cumsum(S ** 2, 0) / (S ** 2).sum()
+        energy = torch.cumsum(S**2, 0) / (S**2).sum()
         k = ranks[name]
         assert energy[k - 1] >= 0.9 and (k == 1 or energy[k - 2] < 0.9), name  # enough, and no smaller rank is
-        kept = (after[name] ** 2).sum() / (delta ** 2).sum()
+        kept = (after[name] ** 2).sum() / (delta**2).sum()
         assert kept >= 0.9 - 1e-9, name
         error = (after[name] - delta).norm() / delta.norm()
         assert float(error) == pytest.approx(float((1 - energy[k - 1]).sqrt()), rel=1e-4, abs=1e-7)  # Eckart–Young

@@ -26,13 +26,20 @@ def adapters(default_base, tmp_path_factory):
 
     model, _ = default_base
     root = tmp_path_factory.mktemp("real")
-    lk.inject(model, lk.LoraConfig(r=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                           "down_proj", "embed_tokens"]))
+    lk.inject(
+        model,
+        lk.LoraConfig(
+            r=8,
+            alpha=16,
+            targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens"],
+        ),
+    )
     randomize_adapter(model, scale=0.02, seed=11)
     ours = lk.save_adapter(model, root / "ours")
     lk.unload(model)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"],
-                                                  init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+    )
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -46,7 +53,7 @@ def _greedy(model, tokenizer, tokens=12):
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    return out[0, ids.shape[1]:].tolist()
+    return out[0, ids.shape[1] :].tolist()
 
 
 def test_merged_default_model_reloads_and_generates_the_same_tokens(default_base, adapters, tmp_path):

@@ -22,10 +22,19 @@ def tiny_base_dir(path: Path, seed: int = 0, tied: bool = True) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(lk.bases.ensure_default_cached())
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=tied, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         initializer_range=0.2)  # sharper than the default init: greedy decoding does not loop on one token
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tied,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.2,
+    )  # sharper than the default init: greedy decoding does not loop on one token
     model = LlamaForCausalLM(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -43,8 +52,7 @@ def greedy(model, tokenizer, prompt: str = "The capital of France is", tokens: i
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    return out[0, ids.shape[1]:].tolist()
-
+    return out[0, ids.shape[1] :].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +60,9 @@ def base(tmp_path_factory):
     return tiny_base_dir(tmp_path_factory.mktemp("base") / "tiny")
 
 
-def test_merged_export_reloads_with_plain_transformers_and_generates_the_same_tokens(base, tmp_path, capsys, monkeypatch):
+def test_merged_export_reloads_with_plain_transformers_and_generates_the_same_tokens(
+    base, tmp_path, capsys, monkeypatch
+):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     adapter = adapter_on(base, tmp_path / "a", ["q_proj", "v_proj", "down_proj", "embed_tokens"], seed=1)
@@ -66,7 +76,13 @@ def test_merged_export_reloads_with_plain_transformers_and_generates_the_same_to
     assert code == 0, err
     assert "saved untied" in out
     files = {p.name for p in (tmp_path / "merged").iterdir()}
-    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "lorakit_merge.json"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "lorakit_merge.json",
+    } <= files
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     assert plain.lm_head.weight is not plain.model.embed_tokens.weight
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["tie_word_embeddings"] is False
@@ -114,7 +130,9 @@ def test_broken_or_foreign_adapters_are_refused(base, tmp_path):
     from safetensors.torch import load_file, save_file
 
     adapter = adapter_on(base, tmp_path / "a", ["q_proj"], seed=1)
-    shutil.copytree(adapter, tmp_path / "nan")  # a broken file as another tool could leave it (write_adapter refuses NaN)
+    shutil.copytree(
+        adapter, tmp_path / "nan"
+    )  # a broken file as another tool could leave it (write_adapter refuses NaN)
     tensors = load_file(tmp_path / "nan" / "adapter_model.safetensors")
     key = next(k for k in tensors if k.endswith("lora_B.weight"))
     tensors[key][0, 0] = float("nan")

@@ -28,8 +28,10 @@ def test_singular_values_equal_a_dense_svd_of_scaled_BA(adapter):
     assert len(spectrum.modules) == len(modules) == 14
     for m in spectrum.modules:
         dense = modules[m.module].dense(torch.float64)  # s·B·A, (out, in)
-        expected = torch.linalg.svdvals(dense)[:m.rank]
-        assert torch.allclose(torch.tensor(m.singular_values, dtype=torch.float64), expected, rtol=1e-6, atol=1e-9), m.module
+        expected = torch.linalg.svdvals(dense)[: m.rank]
+        assert torch.allclose(torch.tensor(m.singular_values, dtype=torch.float64), expected, rtol=1e-6, atol=1e-9), (
+            m.module
+        )
         assert m.frobenius == pytest.approx(float(dense.norm()), rel=1e-9)
         assert m.stable_rank == pytest.approx(float(dense.norm() ** 2 / expected[0] ** 2), rel=1e-9)
 
@@ -49,8 +51,12 @@ def _planted(tmp_path, singular_values):
     generator = torch.Generator().manual_seed(1)
     U, _ = torch.linalg.qr(torch.randn(32, r, generator=generator))
     V, _ = torch.linalg.qr(torch.randn(32, r, generator=generator))
-    tensors = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": V.T.contiguous(),
-               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": (U * torch.tensor(singular_values)).contiguous()}
+    tensors = {
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": V.T.contiguous(),
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": (
+            U * torch.tensor(singular_values)
+        ).contiguous(),
+    }
     config = {"peft_type": "LORA", "r": r, "lora_alpha": r, "target_modules": ["q_proj"], "layers_to_transform": [0]}
     return write_adapter(tmp_path / "planted", config, tensors, {})
 
@@ -74,15 +80,14 @@ def test_summaries_group_by_layer_and_kind(adapter):
     for group in spectrum.by_kind:
         members = [m for m in spectrum.modules if m.kind == group.name]
         assert group.modules == 2
-        assert group.frobenius == pytest.approx(sum(m.frobenius ** 2 for m in members) ** 0.5)
-    assert spectrum.total_frobenius == pytest.approx(sum(g.frobenius ** 2 for g in spectrum.by_layer) ** 0.5)
+        assert group.frobenius == pytest.approx(sum(m.frobenius**2 for m in members) ** 0.5)
+    assert spectrum.total_frobenius == pytest.approx(sum(g.frobenius**2 for g in spectrum.by_layer) ** 0.5)
 
 
 def test_plot_is_written_as_png(adapter, tmp_path):
     path = plot_spectrum(inspect(adapter), tmp_path / "plots" / "spectrum.png")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
-
 
 
 def test_cli_inspect_prints_tables_json_and_plot(adapter, tmp_path, capsys, monkeypatch):

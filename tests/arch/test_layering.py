@@ -9,8 +9,18 @@ import sys
 from tests.arch.import_graph import LAYERS, cycles, graph, layer_of, modules
 
 HIGHER_THAN_CORE = [layer for layer in LAYERS if layer != "core"]
-HEAVY = ("torch", "transformers", "safetensors", "sqlalchemy", "fastapi", "optuna", "datasets", "matplotlib",
-         "bitsandbytes", "peft")
+HEAVY = (
+    "torch",
+    "transformers",
+    "safetensors",
+    "sqlalchemy",
+    "fastapi",
+    "optuna",
+    "datasets",
+    "matplotlib",
+    "bitsandbytes",
+    "peft",
+)
 
 
 def _run(code: str) -> str:
@@ -21,8 +31,12 @@ def _run(code: str) -> str:
 
 def test_no_module_imports_a_higher_layer():
     rank = {layer: i for i, layer in enumerate(LAYERS)}
-    violations = [f"{module} imports {target}" for module, targets in graph().items() for target in targets
-                  if layer_of(module) and layer_of(target) and rank[layer_of(target)] > rank[layer_of(module)]]
+    violations = [
+        f"{module} imports {target}"
+        for module, targets in graph().items()
+        for target in targets
+        if layer_of(module) and layer_of(target) and rank[layer_of(target)] > rank[layer_of(module)]
+    ]
     assert violations == []
 
 

@@ -34,7 +34,9 @@ def umask():
     os.umask(previous)
 
 
-@pytest.mark.parametrize("mask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775), (0o077, 0o600, 0o700)])
+@pytest.mark.parametrize(
+    "mask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775), (0o077, 0o600, 0o700)]
+)
 def test_atomic_writes_follow_the_umask(tmp_path, umask, mask, file_mode, dir_mode):
     umask(mask)
     atomic.write_text(tmp_path / "report.json", "{}")
@@ -55,46 +57,74 @@ def test_an_output_that_holds_something_needs_overwrite(tmp_path):
     atomic.check_output(tmp_path / "empty", overwrite=False)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "a.txt").write_text("a")
-    with pytest.raises(OutputExistsError, match=r"full: the output directory is not empty \(it holds a\.txt\); pass --overwrite"):
+    with pytest.raises(
+        OutputExistsError, match=r"full: the output directory is not empty \(it holds a\.txt\); pass --overwrite"
+    ):
         atomic.check_output(tmp_path / "full", overwrite=False)
     atomic.check_output(tmp_path / "full", overwrite=True)
 
 
-@pytest.mark.parametrize("command", [["combine", "{a}", "{a}", "--out", "{o}"],
-                                     ["compress", "{a}", "--rank", "2", "--out", "{o}", "--no-sample"],
-                                     ["merge", "{a}", "--out", "{o}"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["combine", "{a}", "{a}", "--out", "{o}"],
+        ["compress", "{a}", "--rank", "2", "--out", "{o}", "--no-sample"],
+        ["merge", "{a}", "--out", "{o}"],
+    ],
+)
 def test_commands_refuse_a_full_output_before_any_work(tmp_path, capsys, monkeypatch, command):
     adapter = make_adapter(tmp_path / "a")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     code, _, err = run_cli(capsys, monkeypatch, *[a.format(a=adapter, o=tmp_path / "out") for a in command])
-    assert code == 2 and "out: the output directory is not empty (it holds keep.txt)" in err and len(err.splitlines()) == 1
+    assert (
+        code == 2 and "out: the output directory is not empty (it holds keep.txt)" in err and len(err.splitlines()) == 1
+    )
 
 
 def test_combine_with_overwrite_replaces_the_output(tmp_path, capsys, monkeypatch):
     adapter = make_adapter(tmp_path / "a")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.txt").write_text("old")
-    code, _, err = run_cli(capsys, monkeypatch, "combine", str(adapter), str(adapter), "--out", str(tmp_path / "out"),
-                           "--overwrite")
+    code, _, err = run_cli(
+        capsys, monkeypatch, "combine", str(adapter), str(adapter), "--out", str(tmp_path / "out"), "--overwrite"
+    )
     assert code == 0, err
     assert lk.read_adapter(tmp_path / "out").config.r == 8 and not (tmp_path / "out" / "old.txt").exists()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["nosuch"], "error: No such command 'nosuch'. (Usage: lorakit [OPTIONS] COMMAND [ARGS]...; see lorakit --help)"),
-    (["inspect", "--bogus"], "error: No such option: --bogus"),
-    (["train"], "error: give a run config (lorakit train CONFIG.yaml) or a run directory to resume"),
-    (["registry", "verify"], "error: Missing argument 'ref'."),
-    (["merge", "x", "--out", "y", "--dtype", "fp8"], "error: --dtype 'fp8': use one of fp32 (float32), bf16 (bfloat16), fp16 (float16)"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["nosuch"],
+            "error: No such command 'nosuch'. (Usage: lorakit [OPTIONS] COMMAND [ARGS]...; see lorakit --help)",
+        ),
+        (["inspect", "--bogus"], "error: No such option: --bogus"),
+        (["train"], "error: give a run config (lorakit train CONFIG.yaml) or a run directory to resume"),
+        (["registry", "verify"], "error: Missing argument 'ref'."),
+        (
+            ["merge", "x", "--out", "y", "--dtype", "fp8"],
+            "error: --dtype 'fp8': use one of fp32 (float32), bf16 (bfloat16), fp16 (float16)",
+        ),
+    ],
+)
 def test_usage_errors_are_one_line_and_exit_2(capsys, monkeypatch, args, message):
     code, out, err = run_cli(capsys, monkeypatch, *args)
     assert code == 2 and err.startswith(message) and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
-@pytest.mark.parametrize("spelled,name", [("fp32", "float32"), ("float32", "float32"), ("BF16", "bfloat16"),
-                                          ("bfloat16", "bfloat16"), ("fp16", "float16"), ("half", "float16")])
+@pytest.mark.parametrize(
+    "spelled,name",
+    [
+        ("fp32", "float32"),
+        ("float32", "float32"),
+        ("BF16", "bfloat16"),
+        ("bfloat16", "bfloat16"),
+        ("fp16", "float16"),
+        ("half", "float16"),
+    ],
+)
 def test_dtype_accepts_both_spellings(spelled, name):
     assert dtype_name(spelled) == name
     with pytest.raises(ConfigError, match="use one of fp32 \\(float32\\), bf16 \\(bfloat16\\)$"):
@@ -103,9 +133,11 @@ def test_dtype_accepts_both_spellings(spelled, name):
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["train", "--help"], ["registry", "--help"]])
 def test_help_and_version_do_not_import_torch(args):
-    script = ("import sys\nfrom lorakit.cli.app import main\nsys.argv = ['lorakit', *sys.argv[1:]]\ntry:\n    main()\n"
-              "except SystemExit as done:\n    assert not done.code, done.code\n"
-              "print('heavy:', sorted(m for m in ('torch', 'transformers', 'sqlalchemy') if m in sys.modules))")
+    script = (
+        "import sys\nfrom lorakit.cli.app import main\nsys.argv = ['lorakit', *sys.argv[1:]]\ntry:\n    main()\n"
+        "except SystemExit as done:\n    assert not done.code, done.code\n"
+        "print('heavy:', sorted(m for m in ('torch', 'transformers', 'sqlalchemy') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip().endswith("heavy: []"), done.stderr
 
@@ -135,12 +167,17 @@ def test_a_run_directory_is_not_mixed_with_another_run(tmp_path):
     run = tmp_path / "run"
     config = _run_config(run).resolved()
     checkpoint.start_run(run, config, None)
-    with pytest.raises(ConfigError, match=r"run: the run directory is not empty \(it holds config\.yaml\); continue it "
-                                          r"with --resume auto, start over with --overwrite"):
+    with pytest.raises(
+        ConfigError,
+        match=r"run: the run directory is not empty \(it holds config\.yaml\); continue it "
+        r"with --resume auto, start over with --overwrite",
+    ):
         checkpoint.start_run(run, config, None)
     changed = _run_config(run)
     changed.train.batch_size = 3
-    with pytest.raises(ConfigError, match=r"config\.yaml: the run was made with train\.batch_size=8, the config now says 3"):
+    with pytest.raises(
+        ConfigError, match=r"config\.yaml: the run was made with train\.batch_size=8, the config now says 3"
+    ):
         checkpoint.start_run(run, changed.resolved(), "auto")
     (run / checkpoint.FINAL_ADAPTER).mkdir()
     (run / checkpoint.FINAL_ADAPTER / "adapter_config.json").write_text("{}")
@@ -195,4 +232,5 @@ def test_training_progress_off_a_terminal_is_one_plain_line_per_logged_step(monk
     assert log.getvalue().splitlines() == [
         "train step 2/5: loss 1.0000  lr 1.00e-04  1,234 tok/s",
         "train step 4/5: loss 0.5000  lr 1.00e-04  1,234 tok/s  eval 1.5000",
-        "train step 5/5: loss 0.4000  lr 1.00e-04  1,234 tok/s  eval 1.5000"]
+        "train step 5/5: loss 0.4000  lr 1.00e-04  1,234 tok/s  eval 1.5000",
+    ]

@@ -14,8 +14,13 @@ from lorakit.data.demo_task import FIELDS
 
 def _quickstart(out, *extra, threads="1"):
     env = {**os.environ, "OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}
-    result = subprocess.run([sys.executable, "-m", "lorakit.cli", "quickstart", "--out", str(out), "--no-progress", *extra],
-                            env=env, capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(
+        [sys.executable, "-m", "lorakit.cli", "quickstart", "--out", str(out), "--no-progress", *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

@@ -26,12 +26,17 @@ def test_the_marker_finds_python_and_bash_blocks():
 def test_every_runnable_readme_block_runs_as_written(tmp_path):
     blocks = runnable_blocks(README.read_text(encoding="utf-8"))
     assert {language for language, _ in blocks} == {"python", "bash"}
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("LORAKIT_REGISTRY", None)
     for index, (language, code) in enumerate(blocks):
         script = tmp_path / f"block{index}.{'py' if language == 'python' else 'sh'}"
         script.write_text(code + "\n")
         command = [sys.executable, str(script)] if language == "python" else ["bash", "-euo", "pipefail", str(script)]
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, f"README block {index} ({language}) failed:\n{code}\n--- stderr:\n{done.stderr[-2000:]}"
+        assert done.returncode == 0, (
+            f"README block {index} ({language}) failed:\n{code}\n--- stderr:\n{done.stderr[-2000:]}"
+        )

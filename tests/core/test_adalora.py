@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import lorakit as lk
+from lorakit.core.errors import ConfigError
 from lorakit.core.layers.variants.adalora import inject_adalora, kept_ranks, orthogonality_penalty
 from lorakit.train.adalora_budget import AdaLoraConfig, RankAllocator, budget_at
-from lorakit.core.errors import ConfigError
 from tests.helpers import logits, tiny_llama, token_batch
 
 MODULES = 14  # 7 projections × 2 blocks of the tiny Llama

@@ -27,6 +27,7 @@ def _poke(value, part):
     def edit(tensors):
         tensors[_first(tensors, part)].view(-1)[3] = value
         return tensors
+
     return edit
 
 
@@ -34,20 +35,39 @@ def _poke(value, part):
 BAD_TENSORS = [
     ("NaN in lora_B", _poke(float("nan"), "lora_B"), r"lora_B\.weight holds 1 non-finite value\(s\) \(1 NaN, 0 inf\)"),
     ("+inf in lora_A", _poke(float("inf"), "lora_A"), r"lora_A\.weight holds 1 non-finite value\(s\) \(0 NaN, 1 inf\)"),
-    ("-inf in fp16", lambda t: {k: v.half() for k, v in _poke(float("-inf"), "lora_B")(t).items()}, r"\(0 NaN, 1 inf\)"),
-    ("int8 factors", lambda t: {k: (v * 100).to(torch.int8) for k, v in t.items()}, r"lora_A\.weight is int8, not floating point"),
+    (
+        "-inf in fp16",
+        lambda t: {k: v.half() for k, v in _poke(float("-inf"), "lora_B")(t).items()},
+        r"\(0 NaN, 1 inf\)",
+    ),
+    (
+        "int8 factors",
+        lambda t: {k: (v * 100).to(torch.int8) for k, v in t.items()},
+        r"lora_A\.weight is int8, not floating point",
+    ),
     ("bool factors", lambda t: {k: v != 0 for k, v in t.items()}, r"lora_A\.weight is bool, not floating point"),
-    ("one int32 factor", lambda t: {**t, _first(t, "lora_B"): t[_first(t, "lora_B")].to(torch.int32)},
-     r"lora_B\.weight is int32, not floating point"),
+    (
+        "one int32 factor",
+        lambda t: {**t, _first(t, "lora_B"): t[_first(t, "lora_B")].to(torch.int32)},
+        r"lora_B\.weight is int32, not floating point",
+    ),
 ]
 
 BAD_META = [
-    ("fingerprint a number", lambda m: m["base"].update(fingerprint=12345), r"base\.fingerprint must be string \(or null\), got int 12345"),
+    (
+        "fingerprint a number",
+        lambda m: m["base"].update(fingerprint=12345),
+        r"base\.fingerprint must be string \(or null\), got int 12345",
+    ),
     ("base a string", lambda m: m.update(base="tiny"), r"base must be object \(or null\), got str 'tiny'"),
     ("tags a string", lambda m: m.update(tags="prod"), r"tags must be array"),
     ("tag a number", lambda m: m.update(tags=["ok", 3]), r"tags\.1 must be string"),
     ("parameters a float", lambda m: m["base"].update(parameters=1.5), r"base\.parameters must be integer"),
-    ("lineage parents a dict", lambda m: m.update(lineage={"parents": {"path": "x"}}), r"lineage\.parents must be array"),
+    (
+        "lineage parents a dict",
+        lambda m: m.update(lineage={"parents": {"path": "x"}}),
+        r"lineage\.parents must be array",
+    ),
     ("top level a list", lambda m: [m], r"the top level must be object"),
 ]
 
@@ -92,8 +112,14 @@ def test_extra_lorakit_json_fields_and_nulls_are_accepted(good, tmp_path):
     assert lk.read_adapter(directory).meta["team"] == {"any": "thing"}
 
 
-@pytest.mark.parametrize("command", [["inspect", "{d}"], ["compress", "{d}", "--rank", "2", "--out", "{o}", "--no-sample"],
-                                     ["combine", "{d}", "{d}", "--out", "{o}"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["inspect", "{d}"],
+        ["compress", "{d}", "--rank", "2", "--out", "{o}", "--no-sample"],
+        ["combine", "{d}", "{d}", "--out", "{o}"],
+    ],
+)
 def test_commands_that_read_an_adapter_fail_with_one_line(good, tmp_path, capsys, monkeypatch, command):
     directory = _variant(good, tmp_path, tensors=_poke(float("nan"), "lora_B"))
     args = [a.format(d=directory, o=tmp_path / "out") for a in command]

@@ -50,8 +50,9 @@ def test_peft_interop_both_ways_on_the_default_model(default_base, tmp_path):
     assert (theirs - ours).abs().max() <= ATOL
     plain = peft_model.unload()
 
-    peft_model = get_peft_model(plain, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                                  init_lora_weights=False))
+    peft_model = get_peft_model(
+        plain, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    )
     peft_model.eval()
     with torch.no_grad():
         theirs = peft_model(input_ids=ids).logits
@@ -76,7 +77,9 @@ def test_real_minilm_encoder_classifier_trains_merges_and_round_trips(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(path)
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(path, num_labels=2).eval()
-    batch = tokenizer(["great product, works well", "broken on arrival, refund please"], return_tensors="pt", padding=True)
+    batch = tokenizer(
+        ["great product, works well", "broken on arrival, refund please"], return_tensors="pt", padding=True
+    )
     labels = torch.tensor([1, 0])
     lk.inject(model, lk.LoraConfig(r=8, alpha=16, targets=["query", "value"], modules_to_save=["classifier"]))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)

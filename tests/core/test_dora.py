@@ -79,10 +79,14 @@ def test_dora_round_trip_and_peft_loads_ours(tmp_path):
         assert (peft_model(input_ids=ids).logits - expected).abs().max() <= ATOL
 
 
-@pytest.mark.parametrize("make, kwargs", [
-    (tiny_llama, dict(target_modules="all-linear")),
-    (tiny_gpt2, dict(target_modules=["c_attn", "c_fc"], fan_in_fan_out=True, use_rslora=True)),
-], ids=["llama", "gpt2-conv1d-rslora"])
+@pytest.mark.parametrize(
+    "make, kwargs",
+    [
+        (tiny_llama, dict(target_modules="all-linear")),
+        (tiny_gpt2, dict(target_modules=["c_attn", "c_fc"], fan_in_fan_out=True, use_rslora=True)),
+    ],
+    ids=["llama", "gpt2-conv1d-rslora"],
+)
 def test_peft_dora_adapter_loads_in_lorakit_with_same_outputs(tmp_path, make, kwargs):
     from peft import LoraConfig, get_peft_model
 

@@ -70,8 +70,9 @@ def test_conv_lora_matches_peft_both_ways_and_merges(kind, tmp_path):
     _, x = _build(kind)
 
     # PEFT -> lorakit
-    pm = peft.get_peft_model(_build(kind)[0], peft.LoraConfig(r=4, lora_alpha=8, target_modules=["conv"],
-                                                             init_lora_weights=False))
+    pm = peft.get_peft_model(
+        _build(kind)[0], peft.LoraConfig(r=4, lora_alpha=8, target_modules=["conv"], init_lora_weights=False)
+    )
     _perturb([p for n, p in pm.named_parameters() if "lora_" in n], seed=2)
     pm.eval()
     with torch.no_grad():
@@ -123,18 +124,21 @@ def test_conv_rows_routed_to_adapters_equal_each_adapter_alone(kind):
         with torch.no_grad():
             if name is None:
                 with lk.disabled(model):
-                    alone = model(x[i:i + 1])
+                    alone = model(x[i : i + 1])
             else:
                 lk.set_active(model, [name])
-                alone = model(x[i:i + 1])
-        assert _diff(mixed[i:i + 1], alone) <= TOL, f"row {i} ({name})"
+                alone = model(x[i : i + 1])
+        assert _diff(mixed[i : i + 1], alone) <= TOL, f"row {i} ({name})"
 
 
-@pytest.mark.parametrize("conv,words", [
-    (lambda: nn.Conv2d(4, 6, 3, dilation=2), "dilation"),
-    (lambda: nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"), "padding_mode 'reflect'"),
-    (lambda: nn.Conv2d(4, 8, 3, groups=4), "groups=4 and rank 2"),
-])
+@pytest.mark.parametrize(
+    "conv,words",
+    [
+        (lambda: nn.Conv2d(4, 6, 3, dilation=2), "dilation"),
+        (lambda: nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"), "padding_mode 'reflect'"),
+        (lambda: nn.Conv2d(4, 8, 3, groups=4), "groups=4 and rank 2"),
+    ],
+)
 def test_convolutions_peft_would_get_wrong_are_refused_by_name(conv, words):
     model = ConvNet(conv())
     before = {k: v.clone() for k, v in model.state_dict().items() if "out" not in k}

@@ -17,16 +17,26 @@ from tests.helpers import logits, randomize_adapter, tiny_llama, token_batch
 
 def tiny_gemma3(seed: int = 0):
     torch.manual_seed(seed)
-    config = Gemma3TextConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
-                              sliding_window=16)
+    config = Gemma3TextConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        sliding_window=16,
+    )
     return Gemma3ForCausalLM(config).eval()
 
 
 def test_scaled_embedding_delta_matches_peft_both_ways_and_on_merge(tmp_path):
     ids = token_batch()
-    reference = peft.get_peft_model(tiny_gemma3(), peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                                                                   target_modules=["embed_tokens", "q_proj"])).eval()
+    reference = peft.get_peft_model(
+        tiny_gemma3(),
+        peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["embed_tokens", "q_proj"]),
+    ).eval()
     expected = logits(reference, ids)
     reference.save_pretrained(tmp_path / "peft")
     model = load_adapter(tiny_gemma3(), tmp_path / "peft")
@@ -95,7 +105,9 @@ def test_export_uses_the_same_rule(tmp_path):
     ids = token_batch()
     tied_llama().save_pretrained(tmp_path / "base")
     vocab = {f"w{i}": i for i in range(96)}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="w0")), unk_token="w0")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="w0")), unk_token="w0"
+    )
     tokenizer.save_pretrained(tmp_path / "base")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
     lk.inject(model, lk.LoraConfig(r=4, alpha=8, targets=["embed_tokens", "q_proj"]))
@@ -126,7 +138,9 @@ def test_t5_shared_embedding_merge_and_unload_refuses_what_would_reload_wrong(ti
     lk.inject(model, lk.LoraConfig(r=4, alpha=8, targets=["q", "shared"]))
     randomize_adapter(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(MergeError, match=r"layer shared: .*encoder\.embed_tokens, decoder\.embed_tokens.*Target every module"):
+    with pytest.raises(
+        MergeError, match=r"layer shared: .*encoder\.embed_tokens, decoder\.embed_tokens.*Target every module"
+    ):
         lk.merge_and_unload(model)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert not lk.core.merge.merged_adapters(model)

@@ -29,8 +29,9 @@ IDS = token_batch()
 def peft_adapter(tmp_path_factory):
     """A PEFT adapter on q_proj/v_proj with random B, its directory and PEFT's logits."""
     warnings.simplefilter("ignore")
-    pm = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                          init_lora_weights=False)).eval()
+    pm = peft.get_peft_model(
+        tiny_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    ).eval()
     path = tmp_path_factory.mktemp("peft") / "adapter"
     pm.save_pretrained(path)
     return path, logits(pm, IDS)
@@ -62,12 +63,22 @@ def test_unknown_field_that_is_off_loads_with_one_warning_naming_it(peft_adapter
 
 
 OLD_STYLE = {  # configs as older PEFT versions wrote them (fields since removed, fewer fields)
-    "peft_0.2": ({"enable_lora": None, "merge_weights": False}, ("use_rslora", "use_dora", "layer_replication",
-                                                                  "exclude_modules", "lora_bias", "target_parameters")),
+    "peft_0.2": (
+        {"enable_lora": None, "merge_weights": False},
+        ("use_rslora", "use_dora", "layer_replication", "exclude_modules", "lora_bias", "target_parameters"),
+    ),
     "peft_0.6": ({"loftq_config": {}, "rank_pattern": {}, "alpha_pattern": {}}, ("use_dora", "megatron_config")),
     "no_peft_version": ({}, ("peft_version", "revision", "auto_mapping")),
-    "nulls_for_known_fields": ({"lora_dropout": None, "layers_to_transform": None, "modules_to_save": None,
-                                "use_dora": None, "use_rslora": None}, ()),
+    "nulls_for_known_fields": (
+        {
+            "lora_dropout": None,
+            "layers_to_transform": None,
+            "modules_to_save": None,
+            "use_dora": None,
+            "use_rslora": None,
+        },
+        (),
+    ),
 }
 
 
@@ -117,13 +128,21 @@ def _resized(vocab: int, seed: int):
     return model.eval()
 
 
-@pytest.mark.parametrize("targets", [["embed_tokens", "q_proj"], ["q_proj", "lm_head"], ["q_proj"]],
-                         ids=["lora_embedding", "lora_lm_head", "lora_attention_only"])
+@pytest.mark.parametrize(
+    "targets",
+    [["embed_tokens", "q_proj"], ["q_proj", "lm_head"], ["q_proj"]],
+    ids=["lora_embedding", "lora_lm_head", "lora_attention_only"],
+)
 def test_resized_vocabulary_carried_by_the_adapter_loads_with_peft_outputs(tmp_path, targets):
     warnings.simplefilter("ignore")
     trained = _resized(104, seed=10)
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False,
-                             modules_to_save=None if "embed_tokens" in targets else ["embed_tokens"])
+    config = peft.LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=targets,
+        init_lora_weights=False,
+        modules_to_save=None if "embed_tokens" in targets else ["embed_tokens"],
+    )
     pm = peft.get_peft_model(trained, config).eval()
     pm.save_pretrained(tmp_path / "a", save_embedding_layers=True)
     ids = torch.tensor([[1, 5, 97, 100, 103, 7]])  # new tokens among them

@@ -38,7 +38,11 @@ BASES = {"llama": (tiny_llama, LLAMA_TARGETS), "gpt2": (tiny_gpt2, GPT2_TARGETS)
 def randomize(model, name: str, seed: int, scale: float = 0.1) -> None:
     """Random A and B (as training leaves them); DoRA's magnitude stays near ‖W₀‖ per row (as training keeps
     it, f ≈ 1), moved by ±10%."""
-    layers = [layer for layer in model.modules() if isinstance(layer, LoraLayer) and name in getattr(layer, "lora_magnitude", {})]
+    layers = [
+        layer
+        for layer in model.modules()
+        if isinstance(layer, LoraLayer) and name in getattr(layer, "lora_magnitude", {})
+    ]
     magnitudes = [layer.lora_magnitude[name].detach().clone() for layer in layers]
     randomize_adapter(model, name, scale=scale, seed=seed)
     generator = torch.Generator().manual_seed(seed)
@@ -116,7 +120,9 @@ def test_several_active_dora_adapters_match_peft(tmp_path):
     """PEFT runs active adapters in order and each DoRA adapter rescales the output before it."""
     reference = tiny_llama()
     for i, name in enumerate(["a", "b"]):
-        config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=LLAMA_TARGETS, use_dora=True, init_lora_weights=False)
+        config = peft.LoraConfig(
+            r=4, lora_alpha=8, target_modules=LLAMA_TARGETS, use_dora=True, init_lora_weights=False
+        )
         if i == 0:
             reference = peft.get_peft_model(reference, config, adapter_name=name)
         else:
@@ -184,5 +190,7 @@ def test_generation_merged_copy_with_several_dora_active_equals_unmerged(adapter
     unmerged_tokens = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
     with merged_copy(model):
         assert (logits(model, ids) - unmerged).abs().max() <= 1e-5
-        assert torch.equal(model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0), unmerged_tokens)
+        assert torch.equal(
+            model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0), unmerged_tokens
+        )
     assert torch.equal(logits(model, ids), unmerged)

@@ -13,8 +13,9 @@ from lorakit.core.layers import LoraLayer
 from lorakit.core.modules import Wrapper
 from tests.helpers import logits, randomize_adapter, tiny_llama, token_batch
 
-CONFIG = lk.LoraConfig(r=4, alpha=8, targets=["q_proj", "v_proj", "embed_tokens"], dropout=0.3,
-                       modules_to_save=["lm_head"])
+CONFIG = lk.LoraConfig(
+    r=4, alpha=8, targets=["q_proj", "v_proj", "embed_tokens"], dropout=0.3, modules_to_save=["lm_head"]
+)
 
 
 def _wrappers(model):
@@ -40,8 +41,12 @@ def test_eval_model_gives_identical_outputs_after_inject_with_dropout():
 def test_peft_adapter_with_dropout_loads_ready_for_inference(tmp_path):
     """An adapter PEFT saved with dropout 0.1, loaded into an eval-mode model: deterministic and equal to PEFT."""
     ids = token_batch()
-    reference = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                                  lora_dropout=0.1, init_lora_weights=False)).eval()
+    reference = peft.get_peft_model(
+        tiny_llama(),
+        peft.LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1, init_lora_weights=False
+        ),
+    ).eval()
     expected = logits(reference, ids)
     reference.save_pretrained(tmp_path)
     model = load_adapter(tiny_llama(), tmp_path)

@@ -8,8 +8,8 @@ import torch
 
 import lorakit as lk
 from lorakit.core.errors import AdapterStateError, ConfigError, LorakitError
-from lorakit.core.files import load_adapter, save_adapter
 from lorakit.core.files import load as load_module
+from lorakit.core.files import load_adapter, save_adapter
 from tests.helpers import logits, randomize_adapter, tiny_llama, token_batch
 
 
@@ -30,27 +30,30 @@ def assert_same(before, after):
     assert before[2:] == after[2:]
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("to", "attribute of torch's module containers"),
-    ("type", "attribute of torch's module containers"),
-    ("training", "attribute of torch's module containers"),
-    ("state_dict", "attribute of torch's module containers"),
-    ("_private", "attribute of torch's module containers"),
-    ("lora_A", "segment of PEFT's adapter key names"),
-    ("base_layer", "segment of PEFT's adapter key names"),
-    ("weight", "segment of PEFT's adapter key names"),
-    ("modules_to_save", "segment of PEFT's adapter key names"),
-    ("a.b", "contains '.'"),
-    ("a/b", "contains '/'"),
-    ("tab\there", "contains '\\\\t'"),
-    ("", "non-empty string"),
-    (" padded ", "whitespace"),
-    ("registry:x", "registry"),
-    ("layers", "segment of this model's module paths"),
-    ("0", "segment of this model's module paths"),
-    ("q_proj", "segment of this model's module paths"),
-    (3, "non-empty string"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("to", "attribute of torch's module containers"),
+        ("type", "attribute of torch's module containers"),
+        ("training", "attribute of torch's module containers"),
+        ("state_dict", "attribute of torch's module containers"),
+        ("_private", "attribute of torch's module containers"),
+        ("lora_A", "segment of PEFT's adapter key names"),
+        ("base_layer", "segment of PEFT's adapter key names"),
+        ("weight", "segment of PEFT's adapter key names"),
+        ("modules_to_save", "segment of PEFT's adapter key names"),
+        ("a.b", "contains '.'"),
+        ("a/b", "contains '/'"),
+        ("tab\there", "contains '\\\\t'"),
+        ("", "non-empty string"),
+        (" padded ", "whitespace"),
+        ("registry:x", "registry"),
+        ("layers", "segment of this model's module paths"),
+        ("0", "segment of this model's module paths"),
+        ("q_proj", "segment of this model's module paths"),
+        (3, "non-empty string"),
+    ],
+)
 def test_colliding_names_are_refused_before_the_model_is_touched(name, reason):
     model = tiny_llama()
     lk.inject(model, lk.LoraConfig(r=2, alpha=4, targets=["k_proj"]), name="first")
@@ -85,8 +88,9 @@ def test_inject_failing_halfway_leaves_the_model_exactly_as_before():
     randomize_adapter(model, "first")
     before = snapshot(model)
     with pytest.raises(ConfigError, match="r ≤ min"):
-        lk.inject(model, lk.LoraConfig(r=20, alpha=20, targets=["q_proj", "k_proj"], init="pissa", bias="all"),
-                  name="second")
+        lk.inject(
+            model, lk.LoraConfig(r=20, alpha=20, targets=["q_proj", "k_proj"], init="pissa", bias="all"), name="second"
+        )
     assert_same(before, snapshot(model))
     assert "lorakit_fingerprint" not in model.__dict__
 

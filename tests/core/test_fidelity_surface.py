@@ -16,13 +16,33 @@ KINDS = {  # name -> (module factory, the attributes transformers-style code rea
     "linear": (lambda: nn.Linear(8, 6), ["in_features", "out_features"]),
     "linear_nobias": (lambda: nn.Linear(8, 6, bias=False), ["in_features", "out_features"]),
     "gpt2_conv1d": (lambda: Conv1D(6, 8), ["nf", "nx"]),
-    "embedding": (lambda: nn.Embedding(20, 8, padding_idx=1),
-                  ["num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse"]),
-    "conv1d": (lambda: nn.Conv1d(4, 6, 3), ["in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
-                                            "groups", "padding_mode", "transposed", "output_padding"]),
-    "conv2d": (lambda: nn.Conv2d(4, 6, (3, 1), stride=2, bias=False),
-               ["in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode"]),
-    "conv3d": (lambda: nn.Conv3d(4, 6, 2), ["in_channels", "out_channels", "kernel_size", "stride", "padding", "groups"]),
+    "embedding": (
+        lambda: nn.Embedding(20, 8, padding_idx=1),
+        ["num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse"],
+    ),
+    "conv1d": (
+        lambda: nn.Conv1d(4, 6, 3),
+        [
+            "in_channels",
+            "out_channels",
+            "kernel_size",
+            "stride",
+            "padding",
+            "dilation",
+            "groups",
+            "padding_mode",
+            "transposed",
+            "output_padding",
+        ],
+    ),
+    "conv2d": (
+        lambda: nn.Conv2d(4, 6, (3, 1), stride=2, bias=False),
+        ["in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode"],
+    ),
+    "conv3d": (
+        lambda: nn.Conv3d(4, 6, 2),
+        ["in_channels", "out_channels", "kernel_size", "stride", "padding", "groups"],
+    ),
 }
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -35,7 +55,11 @@ def _model(kind: str, dtype: torch.dtype) -> nn.Module:
 
 def _same_surface(wrapped: nn.Module, base: nn.Module, attrs: list[str]) -> None:
     assert wrapped.weight is base.weight
-    assert (wrapped.weight.dtype, wrapped.weight.device, wrapped.weight.shape) == (base.weight.dtype, base.weight.device, base.weight.shape)
+    assert (wrapped.weight.dtype, wrapped.weight.device, wrapped.weight.shape) == (
+        base.weight.dtype,
+        base.weight.device,
+        base.weight.shape,
+    )
     assert hasattr(wrapped, "bias") == hasattr(base, "bias")  # an embedding has none: AttributeError on both
     assert getattr(wrapped, "bias", None) is getattr(base, "bias", None)
     for attr in attrs:

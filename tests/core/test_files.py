@@ -39,7 +39,9 @@ def test_save_writes_peft_layout(tmp_path):
 def test_all_linear_is_saved_as_explicit_module_names(tmp_path):
     _, path = _saved(tmp_path)
     config = json.loads((path / "adapter_config.json").read_text())
-    assert config["target_modules"] == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert config["target_modules"] == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
 
 
 def test_round_trip_under_another_seed_gives_identical_outputs(tmp_path):
@@ -72,16 +74,19 @@ def _assert_untouched(model, state):
     assert lk.adapter_names(model) == []
 
 
-@pytest.mark.parametrize("damage, error, words", [
-    ("truncate", AdapterFileError, "truncated or corrupt"),
-    ("bad_json", AdapterFileError, "adapter_config.json:1: invalid JSON"),
-    ("unknown_field", AdapterFileError, "unknown config field 'lora_magic'"),
-    ("missing_key", AdapterMismatchError, "missing"),
-    ("extra_key", AdapterMismatchError, "unexpected"),
-    ("wrong_shape", AdapterMismatchError, "expects shape (4, 32), file has (4, 48)"),
-    ("no_weights", AdapterFileError, "no adapter_model.safetensors"),
-    ("pickle_only", AdapterFileError, "pickle file"),
-])
+@pytest.mark.parametrize(
+    "damage, error, words",
+    [
+        ("truncate", AdapterFileError, "truncated or corrupt"),
+        ("bad_json", AdapterFileError, "adapter_config.json:1: invalid JSON"),
+        ("unknown_field", AdapterFileError, "unknown config field 'lora_magic'"),
+        ("missing_key", AdapterMismatchError, "missing"),
+        ("extra_key", AdapterMismatchError, "unexpected"),
+        ("wrong_shape", AdapterMismatchError, "expects shape (4, 32), file has (4, 48)"),
+        ("no_weights", AdapterFileError, "no adapter_model.safetensors"),
+        ("pickle_only", AdapterFileError, "pickle file"),
+    ],
+)
 def test_bad_adapter_files_raise_and_leave_model_untouched(tmp_path, damage, error, words):
     _, path = _saved(tmp_path, targets=["q_proj"])
     weights = path / "adapter_model.safetensors"
@@ -143,6 +148,7 @@ def test_loading_an_existing_name_is_an_error(tmp_path):
 
 # --- PEFT interop -------------------------------------------------------------------------------------
 
+
 def _peft_logits(model_factory, path, ids):
     from peft import PeftModel
 
@@ -152,23 +158,31 @@ def _peft_logits(model_factory, path, ids):
         return peft_model(input_ids=ids).logits
 
 
-@pytest.mark.parametrize("factory, config", [
-    (tiny_llama, dict()),
-    (tiny_llama, dict(targets=["q_proj", "v_proj", "embed_tokens"], use_rslora=True, rank_pattern={"v_proj": 2})),
-    (tiny_llama, dict(targets=["q_proj"], modules_to_save=["lm_head"], layers=[1])),
-    (tiny_gpt2, dict(targets=["c_attn", "c_proj", "c_fc"])),
-], ids=["llama-all-linear", "llama-rslora-embedding-rank-pattern", "llama-saved-head-layers", "gpt2-conv1d"])
+@pytest.mark.parametrize(
+    "factory, config",
+    [
+        (tiny_llama, dict()),
+        (tiny_llama, dict(targets=["q_proj", "v_proj", "embed_tokens"], use_rslora=True, rank_pattern={"v_proj": 2})),
+        (tiny_llama, dict(targets=["q_proj"], modules_to_save=["lm_head"], layers=[1])),
+        (tiny_gpt2, dict(targets=["c_attn", "c_proj", "c_fc"])),
+    ],
+    ids=["llama-all-linear", "llama-rslora-embedding-rank-pattern", "llama-saved-head-layers", "gpt2-conv1d"],
+)
 def test_lorakit_adapter_loads_in_peft_with_same_outputs(tmp_path, factory, config):
     model, path = _saved(tmp_path, factory, **config)
     ids = token_batch()
     assert (_peft_logits(factory, path, ids) - logits(model, ids)).abs().max() <= ATOL
 
 
-@pytest.mark.parametrize("factory, peft_kwargs", [
-    (tiny_llama, dict(target_modules="all-linear")),
-    (tiny_llama, dict(target_modules=["q_proj", "embed_tokens"], modules_to_save=["lm_head"], bias="lora_only")),
-    (tiny_gpt2, dict(target_modules=["c_attn", "c_proj"], fan_in_fan_out=True, use_rslora=True)),
-], ids=["llama-all-linear", "llama-embedding-head-bias", "gpt2-conv1d-rslora"])
+@pytest.mark.parametrize(
+    "factory, peft_kwargs",
+    [
+        (tiny_llama, dict(target_modules="all-linear")),
+        (tiny_llama, dict(target_modules=["q_proj", "embed_tokens"], modules_to_save=["lm_head"], bias="lora_only")),
+        (tiny_gpt2, dict(target_modules=["c_attn", "c_proj"], fan_in_fan_out=True, use_rslora=True)),
+    ],
+    ids=["llama-all-linear", "llama-embedding-head-bias", "gpt2-conv1d-rslora"],
+)
 def test_peft_adapter_loads_in_lorakit_with_same_outputs(tmp_path, factory, peft_kwargs):
     from peft import LoraConfig, get_peft_model
 
@@ -185,8 +199,9 @@ def test_peft_adapter_loads_in_lorakit_with_same_outputs(tmp_path, factory, peft
 def test_bert_sequence_classification_interop_with_head_in_modules_to_save(tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(tiny_bert(), LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"],
-                                                        init_lora_weights=False))
+    peft_model = get_peft_model(
+        tiny_bert(), LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"], init_lora_weights=False)
+    )
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "modules_to_save" in name:

@@ -174,7 +174,9 @@ def test_targets_matching_nothing_name_the_closest_modules(llama):
 
 
 def test_layers_and_exclude_and_rank_pattern(llama):
-    cfg = lk.LoraConfig(r=4, layers=[1], exclude=["down_proj"], rank_pattern={"q_proj": 2}, alpha_pattern={"q_proj": 1.0})
+    cfg = lk.LoraConfig(
+        r=4, layers=[1], exclude=["down_proj"], rank_pattern={"q_proj": 2}, alpha_pattern={"q_proj": 1.0}
+    )
     lk.inject(llama, cfg)
     wrapped = {n for n, m in llama.named_modules() if isinstance(m, LoraLinear)}
     assert all(".layers.1." in n for n in wrapped) and not any("down_proj" in n for n in wrapped)
@@ -210,8 +212,18 @@ def test_trainable_summary_counts_adapter_parameters(llama):
     assert "q_proj.lora_A.default" in summary.table()
 
 
-@pytest.mark.parametrize("bad", [dict(r=0), dict(alpha=-1), dict(dropout=1.5), dict(bias="some"), dict(targets="("),
-                                 dict(init="xavier"), dict(targets=[])])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(r=0),
+        dict(alpha=-1),
+        dict(dropout=1.5),
+        dict(bias="some"),
+        dict(targets="("),
+        dict(init="xavier"),
+        dict(targets=[]),
+    ],
+)
 def test_bad_config_values_are_config_errors(bad):
     with pytest.raises(ConfigError):
         lk.LoraConfig(**bad)
@@ -234,10 +246,10 @@ def test_row_adapters_match_each_adapter_alone(llama):
     for row, name in enumerate(["a", None, "b"]):
         if name is None:
             with lk.disabled(llama):
-                expected.append(logits(llama, ids[row:row + 1]))
+                expected.append(logits(llama, ids[row : row + 1]))
         else:
             lk.set_active(llama, name)
-            expected.append(logits(llama, ids[row:row + 1]))
+            expected.append(logits(llama, ids[row : row + 1]))
     with lk.row_adapters(llama, ["a", None, "b"]):
         mixed = logits(llama, ids)
     assert (mixed - torch.cat(expected)).abs().max() <= ATOL

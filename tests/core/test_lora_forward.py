@@ -33,11 +33,14 @@ def test_forward_is_base_plus_scaled_low_rank_path(adapted):
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("view, keeps_base, expected", [
-    (False, False, True),   # a fresh base output: add into it
-    (True, False, False),   # a view from a custom autograd Function (bitsandbytes with a bias)
-    (False, True, False),   # DoRA still needs W₀x + b after another adapter's delta
-])
+@pytest.mark.parametrize(
+    "view, keeps_base, expected",
+    [
+        (False, False, True),  # a fresh base output: add into it
+        (True, False, False),  # a view from a custom autograd Function (bitsandbytes with a bias)
+        (False, True, False),  # DoRA still needs W₀x + b after another adapter's delta
+    ],
+)
 def test_in_place_rule(view, keeps_base, expected):
     out = torch.randn(4, 6)
     assert can_add_in_place(out[:2] if view else out, keeps_base_output=keeps_base) is expected
@@ -72,20 +75,26 @@ def test_merged_weight_reads_without_recording_and_dora_merge_round_trips():
     torch.testing.assert_close(layer.base_layer.weight, before, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("call", [
-    lambda layer: layer.rank("missing"),
-    lambda layer: layer.require_adapter("missing"),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda layer: layer.rank("missing"),
+        lambda layer: layer.require_adapter("missing"),
+    ],
+)
 def test_unknown_adapter_is_refused_naming_the_layer(adapted, call):
     with pytest.raises(AdapterStateError, match=rf"layer {LAYER}: no adapter named 'missing'; it has \['default'\]"):
         call(adapted.get_submodule(LAYER))
 
 
-@pytest.mark.parametrize("act, message", [
-    (lambda layer: (layer.merge("default"), layer.merge("default")), "is already merged"),
-    (lambda layer: layer.add_adapter("default", 2, 1.0, 0.0), "already exists"),
-    (lambda layer: (layer.merge("default"), layer.delete_adapter("default")), "is merged into the base weight"),
-])
+@pytest.mark.parametrize(
+    "act, message",
+    [
+        (lambda layer: (layer.merge("default"), layer.merge("default")), "is already merged"),
+        (lambda layer: layer.add_adapter("default", 2, 1.0, 0.0), "already exists"),
+        (lambda layer: (layer.merge("default"), layer.delete_adapter("default")), "is merged into the base weight"),
+    ],
+)
 def test_errors_raised_inside_a_layer_name_it(adapted, act, message):
     with pytest.raises(AdapterStateError, match=rf"^layer {LAYER}: .*{message}"):
         act(adapted.get_submodule(LAYER))
@@ -133,8 +142,12 @@ def test_store_frozen_leaves_trainable_tied_and_norm_weights_alone():
     precision.store_frozen(model, torch.bfloat16)
     assert model.get_submodule("model.layers.0.mlp.down_proj").weight.dtype == torch.bfloat16
     assert model.get_submodule(LAYER).base_layer.weight.dtype == torch.bfloat16
-    for kept in (trained.weight, model.lm_head.weight, model.model.norm.weight,
-                 model.get_submodule(LAYER).lora_A["default"]):
+    for kept in (
+        trained.weight,
+        model.lm_head.weight,
+        model.model.norm.weight,
+        model.get_submodule(LAYER).lora_A["default"],
+    ):
         assert kept.dtype == torch.float32
     assert precision.store_frozen(model, torch.bfloat16) == 0  # idempotent
 

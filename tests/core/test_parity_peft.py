@@ -32,7 +32,9 @@ OPTIONS = {
     "layers_list_pattern": lambda a: dict(target_modules=a.targets, layers_to_transform=[0], layers_pattern=["layers"]),
     "rank_plain": lambda a: dict(target_modules=a.targets, rank_pattern={a.targets[0]: 2}),
     "rank_dotted": lambda a: dict(target_modules=a.targets, rank_pattern={rf"layers.0.self_attn.{a.targets[0]}": 2}),
-    "rank_regex_escaped": lambda a: dict(target_modules=a.targets, rank_pattern={rf"layers\.0\.self_attn\.{a.targets[0]}": 2}),
+    "rank_regex_escaped": lambda a: dict(
+        target_modules=a.targets, rank_pattern={rf"layers\.0\.self_attn\.{a.targets[0]}": 2}
+    ),
     "alpha_alternation": lambda a: dict(target_modules=a.targets, alpha_pattern={"|".join(a.targets): 32}),
     "rslora": lambda a: dict(target_modules=a.targets, use_rslora=True),
     "dora": lambda a: dict(target_modules=a.targets, use_dora=True),
@@ -67,8 +69,14 @@ REFUSED_CELLS = {
 def _cells():
     cells = [(arch, option) for arch in ARCHS for option in CORE]
     cells += [(arch, option) for arch in LLAMA_FAMILY for option in OPTIONS if option not in CORE]
-    cells += [("gpt2", "lora_embedding"), ("gpt2", "bias_all"), ("bert", "all_linear_seq_cls"),
-              ("roberta", "all_linear_seq_cls"), ("deberta_v2", "all_linear_seq_cls"), ("vit", "conv_patch")]
+    cells += [
+        ("gpt2", "lora_embedding"),
+        ("gpt2", "bias_all"),
+        ("bert", "all_linear_seq_cls"),
+        ("roberta", "all_linear_seq_cls"),
+        ("deberta_v2", "all_linear_seq_cls"),
+        ("vit", "conv_patch"),
+    ]
     return sorted(set(cells))
 
 
@@ -111,7 +119,9 @@ def test_peft_and_lorakit_agree(arch_name, option, tmp_path):
         return
 
     # PEFT -> lorakit
-    pm = peft.get_peft_model(arch.build(), peft.LoraConfig(**{"r": 4, "lora_alpha": 8, "init_lora_weights": False, **kwargs}))
+    pm = peft.get_peft_model(
+        arch.build(), peft.LoraConfig(**{"r": 4, "lora_alpha": 8, "init_lora_weights": False, **kwargs})
+    )
     if len(names) == 2:
         pm.add_adapter("other", peft.LoraConfig(**{"r": 2, "lora_alpha": 4, "init_lora_weights": False, **kwargs}))
     _perturb([p for n, p in pm.named_parameters() if "lora_" in n or "modules_to_save" in n], seed=2)

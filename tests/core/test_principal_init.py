@@ -51,8 +51,11 @@ def test_pissa_adapter_holds_the_top_singular_directions():
     assert torch.allclose(torch.linalg.svdvals(layer.base_layer.weight)[0], singular[4], atol=1e-4)
 
 
-@pytest.mark.parametrize("make, init", [(tiny_llama, "pissa"), (tiny_llama, "olora"), (tiny_gpt2, "pissa_niter_4")],
-                         ids=["llama-pissa", "llama-olora", "gpt2-conv1d-pissa_niter_4"])
+@pytest.mark.parametrize(
+    "make, init",
+    [(tiny_llama, "pissa"), (tiny_llama, "olora"), (tiny_gpt2, "pissa_niter_4")],
+    ids=["llama-pissa", "llama-olora", "gpt2-conv1d-pissa_niter_4"],
+)
 def test_saved_adapter_is_plain_lora_that_gives_the_trained_outputs_on_the_untouched_base(tmp_path, init, make):
     from peft import PeftModel
 
@@ -94,7 +97,9 @@ def test_pissa_with_dora_saves_and_reloads(tmp_path):
 def test_pissa_then_nf4_rounds_the_residual_with_less_error_than_plain_nf4():
     """PiSSA on the float base, then NF4: the residual, without the largest directions, rounds with less error."""
     generator = torch.Generator().manual_seed(0)
-    low_rank = torch.randn(128, 8, generator=generator) @ torch.randn(8, 64, generator=generator)  # as trained weights have
+    low_rank = torch.randn(128, 8, generator=generator) @ torch.randn(
+        8, 64, generator=generator
+    )  # as trained weights have
     weight = 0.02 * low_rank + 0.01 * torch.randn(128, 64, generator=generator)
     plain, model = tiny_llama(hidden=64), tiny_llama(hidden=64)
     for m in (plain, model):

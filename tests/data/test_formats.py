@@ -9,15 +9,28 @@ import pytest
 from transformers import AutoTokenizer
 
 from lorakit.core import bases
-from lorakit.data import collate, encode_rows, load_rows, pack, to_example
-from lorakit.data.demo_task import (CATEGORIES, PRODUCTS, TEST_TEMPLATES, TRAIN_TEMPLATES, URGENCIES, answer,
-                                    make_demo_task)
-from lorakit.data.encode import IGNORE
 from lorakit.core.errors import DataError
+from lorakit.data import collate, encode_rows, load_rows, pack, to_example
+from lorakit.data.demo_task import (
+    CATEGORIES,
+    PRODUCTS,
+    TEST_TEMPLATES,
+    TRAIN_TEMPLATES,
+    URGENCIES,
+    answer,
+    make_demo_task,
+)
+from lorakit.data.encode import IGNORE
 
-CHAT = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
-                     {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"},
-                     {"role": "assistant", "content": "Rome."}]}
+CHAT = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"},
+        {"role": "assistant", "content": "Rome."},
+    ]
+}
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +88,12 @@ def test_packing_keeps_examples_whole_and_labels_aligned(tokenizer):
 
 
 def test_collate_pads_right_with_ignored_labels(tokenizer):
-    data = encode_rows(load_rows([{"prompt": "a", "completion": "b"}, {"prompt": "a b c d", "completion": "e f"}]),
-                       tokenizer, "completion", 64)
+    data = encode_rows(
+        load_rows([{"prompt": "a", "completion": "b"}, {"prompt": "a b c d", "completion": "e f"}]),
+        tokenizer,
+        "completion",
+        64,
+    )
     batch = collate(data.examples, pad_id=0)
     short = len(data.examples[0].input_ids)
     assert batch["attention_mask"][0, short:].sum() == 0
@@ -94,8 +111,12 @@ def test_reads_jsonl_csv_parquet_and_dataset(tmp_path):
         writer.writeheader()
         writer.writerows(rows)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
-    sources = [_jsonl(tmp_path / "d.jsonl", rows), tmp_path / "d.csv", tmp_path / "d.parquet",
-               datasets.Dataset.from_list(rows)]
+    sources = [
+        _jsonl(tmp_path / "d.jsonl", rows),
+        tmp_path / "d.csv",
+        tmp_path / "d.parquet",
+        datasets.Dataset.from_list(rows),
+    ]
     for source in sources:
         loaded = load_rows(source)
         assert [r.data for r in loaded.rows] == rows
@@ -115,7 +136,9 @@ def test_bad_line_names_file_and_line(tmp_path):
 def test_format_mismatch_names_line_and_suggests_format(tmp_path):
     path = _jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}])
     row = load_rows(path).rows[0]
-    with pytest.raises(DataError, match=r"d\.jsonl:1: format 'chat' needs key\(s\) messages.*set data.format: completion"):
+    with pytest.raises(
+        DataError, match=r"d\.jsonl:1: format 'chat' needs key\(s\) messages.*set data.format: completion"
+    ):
         to_example(row, "chat")
 
 
@@ -146,7 +169,8 @@ def test_demo_task_is_deterministic_and_test_split_uses_unseen_phrasings():
         assert not any(s.split("{p}")[0] in text for s in seen if len(s.split("{p}")[0]) > 12)
     prefixes = [t.split("{")[0] for t in TRAIN_TEMPLATES if t.split("{")[0]]
     assert not any(text.startswith(tuple(prefixes)) for text in test_messages)
-    assert not any(text.startswith(tuple(t.split("{")[0] for t in TEST_TEMPLATES if t.split("{")[0]))
-                   for text in train_messages)
+    assert not any(
+        text.startswith(tuple(t.split("{")[0] for t in TEST_TEMPLATES if t.split("{")[0])) for text in train_messages
+    )
     labels = [json.loads(answer(r)) for r in first.test]
     assert {label["product"] for label in labels} == set(PRODUCTS)

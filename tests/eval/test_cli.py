@@ -15,10 +15,18 @@ from lorakit.cli.app import main
 from tests.helpers import tiny_llama
 
 ROWS = [
-    {"messages": [{"role": "user", "content": "Extract: Ann lives in Oslo."},
-                  {"role": "assistant", "content": '{"name": "Ann", "city": "Oslo"}'}]},
+    {
+        "messages": [
+            {"role": "user", "content": "Extract: Ann lives in Oslo."},
+            {"role": "assistant", "content": '{"name": "Ann", "city": "Oslo"}'},
+        ]
+    },
     {"prompt": "Extract: Bo lives in Rome.", "reference": {"name": "Bo", "city": "Rome"}},
-    {"instruction": "Extract the person and city.", "input": "Cy lives in Lima.", "output": '{"name": "Cy", "city": "Lima"}'},
+    {
+        "instruction": "Extract the person and city.",
+        "input": "Cy lives in Lima.",
+        "output": '{"name": "Cy", "city": "Lima"}',
+    },
 ]
 
 
@@ -64,12 +72,17 @@ def work(tmp_path_factory):
     _jsonl(root / "data.jsonl", ROWS)
     _jsonl(root / "prompts.jsonl", [{"prompt": "Describe a river."}, {"prompt": "What is bread made of?"}])
     _jsonl(root / "text.jsonl", [{"text": "The train left the city in the late afternoon."}])
-    _jsonl(root / "choices.jsonl", [{"question": "What do bees make?", "choices": ["Honey", "Silk"], "answer": 0},
-                                    {"question": "How many days are in a week?", "choices": ["Five", "Seven"],
-                                     "answer": "Seven"}])
+    _jsonl(
+        root / "choices.jsonl",
+        [
+            {"question": "What do bees make?", "choices": ["Honey", "Silk"], "answer": 0},
+            {"question": "How many days are in a week?", "choices": ["Five", "Seven"], "answer": "Seven"},
+        ],
+    )
     (root / "regression.yaml").write_text("prompts: prompts.jsonl\ntext: text.jsonl\nchoices: choices.jsonl\n")
-    (root / "task.yaml").write_text("fields: [name, city]\nmax_new_tokens: 6\nsamples: 3\n"
-                                    "schema: {type: object, required: [name, city]}\n")
+    (root / "task.yaml").write_text(
+        "fields: [name, city]\nmax_new_tokens: 6\nsamples: 3\nschema: {type: object, required: [name, city]}\n"
+    )
     return root
 
 
@@ -93,8 +106,20 @@ def run(args: list, capsys) -> tuple[int, str, str]:
 
 
 def _eval_args(work, *adapters: str, gate: str | None = None) -> list[str]:
-    args = ["eval", "--base", work / "base", "--data", work / "data.jsonl", "--task", work / "task.yaml",
-            "--regression", work / "regression.yaml", "--out", work / "out", "--json"]
+    args = [
+        "eval",
+        "--base",
+        work / "base",
+        "--data",
+        work / "data.jsonl",
+        "--task",
+        work / "task.yaml",
+        "--regression",
+        work / "regression.yaml",
+        "--out",
+        work / "out",
+        "--json",
+    ]
     args += [x for name in adapters for x in ("--adapter", f"{name}={work / name}")]
     return args + (["--max-drift", gate] if gate else [])
 
@@ -120,8 +145,15 @@ def test_gate_fails_the_trained_adapter_and_passes_the_fresh_one(gated):
 def test_task_metrics_follow_the_spec_and_the_fresh_adapter_equals_the_base(gated):
     _, report, _ = gated
     metrics = report["metrics"]
-    assert set(metrics) == {"json_valid", "json_exact_match", "field_accuracy.name", "field_accuracy.city",
-                            "schema_compliance", "reference_loss", "reference_perplexity"}
+    assert set(metrics) == {
+        "json_valid",
+        "json_exact_match",
+        "field_accuracy.name",
+        "field_accuracy.city",
+        "schema_compliance",
+        "reference_loss",
+        "reference_perplexity",
+    }
     for values in metrics.values():
         assert values["fresh"] == values["base"]
     assert metrics["reference_loss"]["drifted"] != metrics["reference_loss"]["base"]
@@ -155,8 +187,9 @@ def test_adapter_for_another_base_is_the_fingerprint_error(work, capsys):
 def test_bad_threshold_and_adapter_named_base_are_rejected(work, capsys):
     code, _, err = run(_eval_args(work, "fresh", gate="kl=abc"), capsys)
     assert code == 2 and "kl='abc' is not a number" in err
-    code, _, err = run(["eval", "--base", work / "base", "--data", work / "data.jsonl", "--adapter", f"base={work / 'fresh'}"],
-                       capsys)
+    code, _, err = run(
+        ["eval", "--base", work / "base", "--data", work / "data.jsonl", "--adapter", f"base={work / 'fresh'}"], capsys
+    )
     assert code == 2 and "may not be called 'base'" in err
 
 
@@ -170,27 +203,55 @@ def test_html_report_is_one_file_that_renders_in_headless_chromium(gated, tmp_pa
     assert "<script" not in html and "<link" not in html
     chromium = shutil.which("chromium")
     assert chromium, "chromium is missing: run scripts/setup.d/30-chromium.sh"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,1600",
+    ]
     shot = tmp_path / "report.png"
-    subprocess.run([chromium, *flags, f"--screenshot={shot}", (out / "report.html").as_uri()], check=True,
-                   capture_output=True, timeout=120)
-    dom = subprocess.run([chromium, *flags, "--dump-dom", (out / "report.html").as_uri()], check=True,
-                         capture_output=True, text=True, timeout=120).stdout
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", (out / "report.html").as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", (out / "report.html").as_uri()],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert dom.count("<table") == 3 and "field 'city' accuracy" in dom and "KL(base ‖ adapted) per token" in dom
     image = Image.open(shot).convert("RGB")
     assert image.size == (1200, 1600)
     colours = {rgb for _, rgb in image.getcolors(maxcolors=1 << 20)}
-    assert (0xee, 0xf6, 0xee) in colours or (0xfd, 0xe8, 0xe8) in colours  # a best-value cell or the failed-gate banner
-    assert (0x2f, 0x6f, 0xdf) in colours and (0xe0, 0x7b, 0x39) in colours  # bars of the two adapters in the SVG charts
+    assert (0xEE, 0xF6, 0xEE) in colours or (0xFD, 0xE8, 0xE8) in colours  # a best-value cell or the failed-gate banner
+    assert (0x2F, 0x6F, 0xDF) in colours and (0xE0, 0x7B, 0x39) in colours  # bars of the two adapters in the SVG charts
     dark = sum(count for count, (r, g, b) in image.getcolors(maxcolors=1 << 20) if r + g + b < 200)
     assert dark > 2000  # text was drawn
 
 
 def test_lorakit_entry_point_exits_2_on_bad_input(work):
-    result = subprocess.run([shutil.which("lorakit") or sys.executable.replace("python", "lorakit"), "eval", "--base",
-                             str(work / "base"), "--data", str(work / "nope.jsonl")], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [
+            shutil.which("lorakit") or sys.executable.replace("python", "lorakit"),
+            "eval",
+            "--base",
+            str(work / "base"),
+            "--data",
+            str(work / "nope.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "nope.jsonl: data file not found" in result.stderr
 
 
@@ -200,9 +261,22 @@ def test_metrics_of_a_registry_adapter_are_recorded_in_the_registry(work, capsys
     monkeypatch.setenv("LORAKIT_REGISTRY", f"sqlite:///{tmp_path / 'registry.db'}")
     with Registry() as registry:
         registry.add(work / "drifted", name="drifted")
-    args = ["eval", "--base", work / "base", "--data", work / "data.jsonl", "--task", work / "task.yaml",
-            "--regression", work / "regression.yaml", "--out", tmp_path / "out", "--json",
-            "--adapter", "d=registry:drifted@1"]
+    args = [
+        "eval",
+        "--base",
+        work / "base",
+        "--data",
+        work / "data.jsonl",
+        "--task",
+        work / "task.yaml",
+        "--regression",
+        work / "regression.yaml",
+        "--out",
+        tmp_path / "out",
+        "--json",
+        "--adapter",
+        "d=registry:drifted@1",
+    ]
     code, out, err = run(args, capsys)
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "report.json").read_text())

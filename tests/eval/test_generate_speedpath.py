@@ -12,8 +12,15 @@ from lorakit.core.model import lora_layers
 from lorakit.eval.generate import auto_batch_size, generate, left_pad, merged_copy, pad_id, prompt_ids
 from tests.helpers import randomize_adapter, tiny_llama
 
-PROMPTS = ["Say hello.", [{"role": "user", "content": "What is two plus two? Answer in one short sentence."}],
-           "Name a colour", "x", "List three animals that live in the sea, then stop.", "Why?", "ok"]
+PROMPTS = [
+    "Say hello.",
+    [{"role": "user", "content": "What is two plus two? Answer in one short sentence."}],
+    "Name a colour",
+    "x",
+    "List three animals that live in the sea, then stop.",
+    "Why?",
+    "ok",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +35,17 @@ def _previous_decode(model, tokenizer, prompts, max_new_tokens, batch_size):
     pad, texts = pad_id(tokenizer), []
     with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
-            ids, mask = left_pad([prompt_ids(tokenizer, p) for p in prompts[start:start + batch_size]], pad, "cpu")
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, num_beams=1)
-            texts += tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+            ids, mask = left_pad([prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]], pad, "cpu")
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+                num_beams=1,
+            )
+            texts += tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
     return texts
 
 

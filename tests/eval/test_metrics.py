@@ -46,17 +46,19 @@ def test_regex_compliance_matches_the_whole_stripped_output():
 def test_parse_json_output_forgives_whitespace_and_one_fence_only():
     assert m.parse_json_output('  {"a": 1}\n') == {"a": 1}
     assert m.parse_json_output('```json\n{"a": 1}\n```') == {"a": 1}
-    assert m.parse_json_output('```\n[1, 2]\n```') == [1, 2]
+    assert m.parse_json_output("```\n[1, 2]\n```") == [1, 2]
     assert m.parse_json_output('Sure! {"a": 1}') is None
     assert m.parse_json_output('{"a": 1') is None
 
 
 def test_json_task_scores_by_hand():
     refs = [{"name": "Ann", "city": "Oslo"}] * 4
-    preds = ['{"name": "Ann", "city": "Oslo"}',            # all right
-             '```json\n{"name": "Ann", "city": "Rome"}\n```',  # name right, city wrong
-             '{"city": "Oslo"}',                           # name missing, city right
-             'not json']                                   # invalid
+    preds = [
+        '{"name": "Ann", "city": "Oslo"}',  # all right
+        '```json\n{"name": "Ann", "city": "Rome"}\n```',  # name right, city wrong
+        '{"city": "Oslo"}',  # name missing, city right
+        "not json",
+    ]  # invalid
     scores = m.json_task_scores(preds, refs, ["name", "city"])
     assert scores == {"exact_match": 0.25, "json_valid": 0.75, "field_accuracy": {"name": 0.5, "city": 0.5}}
 
@@ -71,8 +73,12 @@ def test_json_task_scores_bad_input():
 
 
 def test_schema_compliance():
-    schema = {"type": "object", "required": ["urgency"],
-              "properties": {"urgency": {"enum": ["high", "low"]}}, "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "required": ["urgency"],
+        "properties": {"urgency": {"enum": ["high", "low"]}},
+        "additionalProperties": False,
+    }
     preds = ['{"urgency": "high"}', '{"urgency": "medium"}', '{"urgency": "low", "x": 1}', "high"]
     assert m.schema_scores(preds, schema) == [1.0, 0.0, 0.0, 0.0]
     with pytest.raises(ConfigError, match="not a valid JSON Schema"):

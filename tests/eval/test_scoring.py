@@ -9,14 +9,16 @@ import torch
 
 import lorakit as lk
 from lorakit.eval.choice import choice_logprobs, predicted_choices
-from lorakit.eval.scoring import reference_likelihood, text_likelihood
-from lorakit.eval.task import plan_task, score_likelihoods
 from lorakit.eval.data import EvalRow
+from lorakit.eval.scoring import reference_likelihood, text_likelihood
 from lorakit.eval.spec import TaskSpec
+from lorakit.eval.task import plan_task, score_likelihoods
 from tests.helpers import randomize_adapter, tiny_llama
 
-QUESTIONS = ["What is the capital of France?", [{"role": "system", "content": "Be brief."},
-                                                {"role": "user", "content": "How many legs does a spider have?"}]]
+QUESTIONS = [
+    "What is the capital of France?",
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How many legs does a spider have?"}],
+]
 CHOICES = [["Paris", "Berlin", "The city of Madrid"], ["Six", "Eight"]]
 
 
@@ -52,8 +54,10 @@ def _chat_ids(tokenizer, prompt) -> list[int]:
 def test_choice_scores_equal_direct_log_likelihood(model, tokenizer):
     scores = choice_logprobs(model, tokenizer, QUESTIONS, CHOICES, batch_size=2)  # padded batches of unequal length
     for question, options, row in zip(QUESTIONS, CHOICES, scores):
-        direct = [_direct_logprob(model, _chat_ids(tokenizer, question), tokenizer(o, add_special_tokens=False)["input_ids"])
-                  for o in options]
+        direct = [
+            _direct_logprob(model, _chat_ids(tokenizer, question), tokenizer(o, add_special_tokens=False)["input_ids"])
+            for o in options
+        ]
         assert row == pytest.approx(direct, abs=2e-4)
         assert predicted_choices([row]) == [max(range(len(direct)), key=direct.__getitem__)]
 
@@ -61,8 +65,10 @@ def test_choice_scores_equal_direct_log_likelihood(model, tokenizer):
 def test_choice_accuracy_in_task_metrics_counts_argmax_hits(model, tokenizer):
     scores = choice_logprobs(model, tokenizer, QUESTIONS, CHOICES)
     picks = predicted_choices(scores)
-    rows = [EvalRow(where=f"f:{i}", prompt=q, choices=c, answer=picks[i] if i == 0 else 1 - picks[i])
-            for i, (q, c) in enumerate(zip(QUESTIONS, CHOICES))]
+    rows = [
+        EvalRow(where=f"f:{i}", prompt=q, choices=c, answer=picks[i] if i == 0 else 1 - picks[i])
+        for i, (q, c) in enumerate(zip(QUESTIONS, CHOICES))
+    ]
     spec = TaskSpec()
     assert score_likelihoods(plan_task(rows, spec), spec, model, tokenizer) == {"choice_accuracy": 0.5}
 

@@ -24,13 +24,17 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import pytest
-
 import lorakit as lk
 from tests.helpers import randomize_adapter, tiny_llama
 
-D1 = {"name": "support-tickets", "path": "/data/support.jsonl", "sha256": "a1" * 32, "rows": 1200,
-      "license": "CC-BY-4.0", "notes": "de-identified"}
+D1 = {
+    "name": "support-tickets",
+    "path": "/data/support.jsonl",
+    "sha256": "a1" * 32,
+    "rows": 1200,
+    "license": "CC-BY-4.0",
+    "notes": "de-identified",
+}
 D2 = {"name": "faq", "path": "/data/faq.jsonl", "sha256": "b2" * 32, "rows": 300}
 _SETUP_HINT = "run scripts/setup.d/20-postgresql.sh (make setup) to install PostgreSQL"
 
@@ -69,9 +73,15 @@ class Cluster:
             try:
                 account = pwd.getpwnam("postgres")
             except KeyError:
-                raise RuntimeError(f"running as root and there is no 'postgres' user to run the server; {_SETUP_HINT}") from None
+                raise RuntimeError(
+                    f"running as root and there is no 'postgres' user to run the server; {_SETUP_HINT}"
+                ) from None
             os.chown(self.root, account.pw_uid, account.pw_gid)
-            self.as_user = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else ["su", "postgres", "-s", "/bin/sh", "-c"]
+            self.as_user = (
+                ["runuser", "-u", "postgres", "--"]
+                if shutil.which("runuser")
+                else ["su", "postgres", "-s", "/bin/sh", "-c"]
+            )
 
     def _command(self, *args: str) -> list[str]:
         if self.as_user[:1] == ["su"]:
@@ -85,19 +95,46 @@ class Cluster:
             raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}): {done.stderr.strip()} {log[-2000:]}")
 
     def start(self) -> Cluster:
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "lorakit", "--auth=trust", "-E", "UTF8",
-                  "--locale=C", "--no-sync")
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
-                   "-c max_connections=60 -c shared_buffers=32MB")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", "60",
-                  "-o", options, "start")
+        self._run(
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "lorakit",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
+            "-c max_connections=60 -c shared_buffers=32MB"
+        )
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+        )
         atexit.register(self.stop)
         return self
 
     def stop(self) -> None:
         if self.data.exists():
-            subprocess.run(self._command(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"),
-                           capture_output=True, timeout=60, cwd=self.root)
+            subprocess.run(
+                self._command(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"),
+                capture_output=True,
+                timeout=60,
+                cwd=self.root,
+            )
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:
@@ -115,14 +152,6 @@ class Cluster:
 @functools.cache
 def cluster() -> Cluster:
     return Cluster().start()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def registry_url(request, tmp_path) -> str:
-    """A fresh, empty registry database: a SQLite file, or a new database on the PostgreSQL test cluster."""
-    if request.param == "sqlite":
-        return str(tmp_path / "registry.db")
-    return cluster().new_database()
 
 
 @functools.cache
@@ -147,9 +176,23 @@ def family(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
     """a (trained on D1) and b (trained on D2) → c = combine(a, b) → d = compress(c), recorded as the algebra does."""
     a = make_adapter(tmp_path / "a", seed=1, metadata={"dataset": D1})
     b = make_adapter(tmp_path / "b", seed=2, metadata={"dataset": D2})
-    c = make_adapter(tmp_path / "c", seed=3, metadata={"lineage": {"method": "linear", "params": {"density": 1.0}, "parents": [
-        {"path": str(a), "sha256": _weights_sha(a), "weight": 0.7}, {"path": str(b), "sha256": _weights_sha(b), "weight": 0.3}]}})
-    d = make_adapter(tmp_path / "d", seed=4, metadata={"lineage": {"method": "compress", "parents": [{"path": "../c"}]}})
+    c = make_adapter(
+        tmp_path / "c",
+        seed=3,
+        metadata={
+            "lineage": {
+                "method": "linear",
+                "params": {"density": 1.0},
+                "parents": [
+                    {"path": str(a), "sha256": _weights_sha(a), "weight": 0.7},
+                    {"path": str(b), "sha256": _weights_sha(b), "weight": 0.3},
+                ],
+            }
+        },
+    )
+    d = make_adapter(
+        tmp_path / "d", seed=4, metadata={"lineage": {"method": "compress", "parents": [{"path": "../c"}]}}
+    )
     return a, b, c, d
 
 

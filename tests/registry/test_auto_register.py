@@ -13,8 +13,13 @@ from tests.helpers import randomize_adapter, tiny_llama
 
 
 def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lorakit.cli", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "lorakit.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
 
 
 def test_combine_registers_the_result_and_its_parents_when_a_registry_is_configured(tmp_path):
@@ -24,7 +29,9 @@ def test_combine_registers_the_result_and_its_parents_when_a_registry_is_configu
         randomize_adapter(model, seed=seed)
         lk.save_adapter(model, tmp_path / name)
     env = {"LORAKIT_REGISTRY": f"sqlite:///{tmp_path / 'registry.db'}"}
-    done = _cli("combine", str(tmp_path / "a"), str(tmp_path / "b"), "--method", "cat", "--out", str(tmp_path / "ab"), env=env)
+    done = _cli(
+        "combine", str(tmp_path / "a"), str(tmp_path / "b"), "--method", "cat", "--out", str(tmp_path / "ab"), env=env
+    )
     assert done.returncode == 0, done.stderr
     assert "registered as" in done.stdout
     lineage = _cli("registry", "lineage", "ab", "--json", env=env)
@@ -56,10 +63,13 @@ def test_lorakit_train_registers_its_adapter_when_a_registry_is_configured(tmp_p
 
     rows = [{"prompt": f"Q{i}: colour?", "completion": f" {c}"} for i, c in enumerate(["red", "blue"] * 4)]
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    config = {"base": str(tiny_base(tmp_path / "base")), "lora": {"r": 4, "alpha": 8},
-              "data": {"train": str(tmp_path / "train.jsonl"), "format": "completion", "max_length": 32},
-              "train": {"max_steps": 2, "batch_size": 4, "precision": "fp32", "eval_every": 10, "save_every": 10},
-              "output": str(tmp_path / "run")}
+    config = {
+        "base": str(tiny_base(tmp_path / "base")),
+        "lora": {"r": 4, "alpha": 8},
+        "data": {"train": str(tmp_path / "train.jsonl"), "format": "completion", "max_length": 32},
+        "train": {"max_steps": 2, "batch_size": 4, "precision": "fp32", "eval_every": 10, "save_every": 10},
+        "output": str(tmp_path / "run"),
+    }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     env = {"LORAKIT_REGISTRY": f"sqlite:///{tmp_path / 'registry.db'}", "OMP_NUM_THREADS": "1"}
     done = _cli("train", str(tmp_path / "run.yaml"), "--no-progress", env=env)

@@ -9,7 +9,7 @@ import pytest
 
 import lorakit as lk
 from tests.helpers import tiny_llama
-from tests.registry.support import D1, family, make_adapter, registry_url, run_cli  # noqa: F401  (fixture)
+from tests.registry.support import D1, family, make_adapter, run_cli
 
 
 @pytest.fixture
@@ -24,13 +24,26 @@ def test_every_command_in_text_and_json(cli, registry_url, tmp_path):
     code, out, _ = cli("registry", "add", str(a), "--owner", "team-a", "--tag", "cpu", "--tag", "eu", "--json", *where)
     added = json.loads(out)
     assert code == 0 and added["ref"] == "a@1" and added["owner"] == "team-a" and added["tags"] == ["cpu", "eu"]
-    code, out, _ = cli("registry", "add", str(d), "--name", "support", "--version", "1.0", "--description", "compressed", *where)
+    code, out, _ = cli(
+        "registry", "add", str(d), "--name", "support", "--version", "1.0", "--description", "compressed", *where
+    )
     assert code == 0 and out.startswith("registered support@1.0 (draft)") and "from c@1" in out
 
     _, out, _ = cli("registry", "list", "--json", *where)
     assert [r["ref"] for r in json.loads(out)] == ["a@1", "b@1", "c@1", "support@1.0"]
-    _, out, _ = cli("registry", "list", "--owner", "team-a", "--tag", "eu", "--status", "draft",
-                    "--base", added["base"]["fingerprint"][:8], *where)
+    _, out, _ = cli(
+        "registry",
+        "list",
+        "--owner",
+        "team-a",
+        "--tag",
+        "eu",
+        "--status",
+        "draft",
+        "--base",
+        added["base"]["fingerprint"][:8],
+        *where,
+    )
     assert out.split()[0] == "a@1" and len(out.strip().splitlines()) == 1
 
     _, out, _ = cli("registry", "show", "support", "--json", *where)
@@ -41,9 +54,11 @@ def test_every_command_in_text_and_json(cli, registry_url, tmp_path):
 
     _, out, _ = cli("registry", "lineage", "support@1.0", *where)
     assert out.splitlines()[:4] == [
-        "support@1.0 [draft]", "└─ c@1 [draft]  ← compress",
+        "support@1.0 [draft]",
+        "└─ c@1 [draft]  ← compress",
         "   ├─ a@1 [draft]  ← linear weight 0.7  data: support-tickets (a1a1a1a1a1a1)",
-        "   └─ b@1 [draft]  ← linear weight 0.3  data: faq (b2b2b2b2b2b2)"]
+        "   └─ b@1 [draft]  ← linear weight 0.3  data: faq (b2b2b2b2b2b2)",
+    ]
     _, out, _ = cli("registry", "lineage", "a", "--json", *where)
     assert [x["ref"] for x in json.loads(out)["descendants"]] == ["c@1", "support@1.0"]
 
@@ -92,21 +107,24 @@ def test_compatible_fingerprints_a_model_directory(cli, tmp_path):
     assert code == 0 and out.splitlines()[1].split()[0] == "a@1"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["add", "{tmp}"], "no adapter_config.json"),
-    (["add", "{a}", "--version", "1"], "a@1 is already registered"),
-    (["add", "{a}", "--name", "bad name"], "invalid adapter name"),
-    (["show", "nope"], "no adapter named 'nope'"),
-    (["show", "a@9"], "a has no version '9'"),
-    (["lineage", "a@production"], "a has no production version"),
-    (["trained-on", "unknown.jsonl"], "no dataset 'unknown.jsonl'"),
-    (["promote", "a"], "say which version"),
-    (["promote", "a@1", "--to", "retired"], "choose staging or production"),
-    (["list", "--status", "live"], "unknown status 'live'"),
-    (["compatible", "deadbeef00"], "no registered base matches"),
-    (["verify", "nope"], "no adapter named 'nope'"),
-    (["list", "--registry", "{tmp}"], "it is a directory"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["add", "{tmp}"], "no adapter_config.json"),
+        (["add", "{a}", "--version", "1"], "a@1 is already registered"),
+        (["add", "{a}", "--name", "bad name"], "invalid adapter name"),
+        (["show", "nope"], "no adapter named 'nope'"),
+        (["show", "a@9"], "a has no version '9'"),
+        (["lineage", "a@production"], "a has no production version"),
+        (["trained-on", "unknown.jsonl"], "no dataset 'unknown.jsonl'"),
+        (["promote", "a"], "say which version"),
+        (["promote", "a@1", "--to", "retired"], "choose staging or production"),
+        (["list", "--status", "live"], "unknown status 'live'"),
+        (["compatible", "deadbeef00"], "no registered base matches"),
+        (["verify", "nope"], "no adapter named 'nope'"),
+        (["list", "--registry", "{tmp}"], "it is a directory"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(cli, tmp_path, args, message):
     a = make_adapter(tmp_path / "a", metadata={"dataset": D1})
     cli("registry", "add", str(a))

@@ -62,8 +62,14 @@ def test_concurrent_writers_lose_nothing_on_sqlite_and_postgresql(tmp_path):
     sync.mkdir()
     urls = [str(tmp_path / "registry.db"), cluster().new_database()]
     worker = _WORKER.replace("{processes}", str(PROCESSES)).replace("{each}", str(EACH))
-    workers = [subprocess.Popen([sys.executable, "-c", worker, str(adapter), str(sync), f"writer{i}", *urls],
-                                stderr=subprocess.PIPE, text=True) for i in range(PROCESSES)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", worker, str(adapter), str(sync), f"writer{i}", *urls],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(PROCESSES)
+    ]
     errors = [w.communicate(timeout=600)[1] for w in workers]
     assert [w.returncode for w in workers] == [0] * PROCESSES, errors
     for url in urls:

@@ -16,17 +16,27 @@ import lorakit as lk
 from lorakit.core.errors import AdapterFileError, BaseMismatchError, LorakitError, RegistryError
 from lorakit.registry import Registry
 from tests.helpers import logits, randomize_adapter, tiny_llama, token_batch
-from tests.registry.support import D1, family, make_adapter, registry_url  # noqa: F401  (fixture)
+from tests.registry.support import D1, family, make_adapter
+
 
 def test_round_trip_of_every_field(registry_url, tmp_path):
-    meta = {"base": {"name_or_path": "tiny-llama", "fingerprint": lk.bases.fingerprint(tiny_llama()),
-                     "architecture": "LlamaForCausalLM", "parameters": 123456},
-            "dataset": D1, "metrics": {"eval": {"loss": 1.25, "accuracy": 0.8}, "train_loss": 0.9},
-            "description": "from lorakit.json", "tags": ["from-meta"]}
+    meta = {
+        "base": {
+            "name_or_path": "tiny-llama",
+            "fingerprint": lk.bases.fingerprint(tiny_llama()),
+            "architecture": "LlamaForCausalLM",
+            "parameters": 123456,
+        },
+        "dataset": D1,
+        "metrics": {"eval": {"loss": 1.25, "accuracy": 0.8}, "train_loss": 0.9},
+        "description": "from lorakit.json",
+        "tags": ["from-meta"],
+    }
     path = make_adapter(tmp_path / "support", metadata=meta)
     with Registry(registry_url, actor="alice") as registry:
-        added = registry.add(path, version="2024.1", owner="team-support", description="answers tickets",
-                             tags=["prod-candidate", "cpu"])
+        added = registry.add(
+            path, version="2024.1", owner="team-support", description="answers tickets", tags=["prod-candidate", "cpu"]
+        )
     with Registry(registry_url) as registry:  # a new connection reads back what was committed
         got = registry.get("support@2024.1")
         history = registry.audit("support")
@@ -36,14 +46,32 @@ def test_round_trip_of_every_field(registry_url, tmp_path):
     assert (got.owner, got.description) == ("team-support", "answers tickets")
     assert got.tags == ["cpu", "from-meta", "prod-candidate"]
     assert (got.rank, got.alpha, got.targets, got.task_type) == (4, 8.0, "q_proj,v_proj", "CAUSAL_LM")
-    files = {p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "size": p.stat().st_size} for p in path.iterdir()}
+    files = {
+        p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "size": p.stat().st_size} for p in path.iterdir()
+    }
     assert got.files == files and got.size_bytes == sum(f["size"] for f in files.values())
-    assert got.base == {"name": "tiny-llama", "fingerprint": meta["base"]["fingerprint"],
-                        "architecture": "LlamaForCausalLM", "parameters": 123456}
-    assert got.datasets == [{"name": "support-tickets", "uri": "/data/support.jsonl", "sha256": "a1" * 32, "rows": 1200,
-                             "license": "CC-BY-4.0", "notes": "de-identified", "role": "train"}]
+    assert got.base == {
+        "name": "tiny-llama",
+        "fingerprint": meta["base"]["fingerprint"],
+        "architecture": "LlamaForCausalLM",
+        "parameters": 123456,
+    }
+    assert got.datasets == [
+        {
+            "name": "support-tickets",
+            "uri": "/data/support.jsonl",
+            "sha256": "a1" * 32,
+            "rows": 1200,
+            "license": "CC-BY-4.0",
+            "notes": "de-identified",
+            "role": "train",
+        }
+    ]
     assert sorted((m["name"], m["value"], m["split"]) for m in got.metrics) == [
-        ("accuracy", 0.8, "eval"), ("loss", 1.25, "eval"), ("train_loss", 0.9, None)]
+        ("accuracy", 0.8, "eval"),
+        ("loss", 1.25, "eval"),
+        ("train_loss", 0.9, None),
+    ]
     assert got.trained_at == on_disk["created_at"] and got.lorakit_version == lk.__version__
     assert got.meta == on_disk and got.parents == []
     assert got.created_at.endswith("+00:00") and got.status_changed_at == got.created_at
@@ -56,19 +84,31 @@ def test_lineage_through_two_generations_answers_trained_on(registry_url, tmp_pa
         registry.add(a)
         registry.add(d)  # c and b are not registered yet: they are registered first, in the same transaction
         assert [r.ref for r in registry.list()] == ["a@1", "b@1", "c@1", "d@1"]
-        assert registry.get("c").parents == [{"ref": "a@1", "method": "linear", "weight": 0.7, "params": {"density": 1.0}},
-                                             {"ref": "b@1", "method": "linear", "weight": 0.3, "params": {"density": 1.0}}]
+        assert registry.get("c").parents == [
+            {"ref": "a@1", "method": "linear", "weight": 0.7, "params": {"density": 1.0}},
+            {"ref": "b@1", "method": "linear", "weight": 0.3, "params": {"density": 1.0}},
+        ]
         first = registry.trained_on("support-tickets")
-        assert [(x["ref"], x["via"]) for x in first["adapters"]] == [("a@1", []), ("c@1", ["a@1"]), ("d@1", ["a@1", "c@1"])]
+        assert [(x["ref"], x["via"]) for x in first["adapters"]] == [
+            ("a@1", []),
+            ("c@1", ["a@1"]),
+            ("d@1", ["a@1", "c@1"]),
+        ]
         second = registry.trained_on("b2b2b2b2b2")  # a sha256 prefix
-        assert [(x["ref"], x["via"]) for x in second["adapters"]] == [("b@1", []), ("c@1", ["b@1"]), ("d@1", ["b@1", "c@1"])]
+        assert [(x["ref"], x["via"]) for x in second["adapters"]] == [
+            ("b@1", []),
+            ("c@1", ["b@1"]),
+            ("d@1", ["b@1", "c@1"]),
+        ]
         assert registry.trained_on("/data/faq.jsonl")["datasets"][0]["rows"] == 300
         graph = registry.lineage("d")
         tree = graph["tree"]
         assert tree["ref"] == "d@1" and [p["ref"] for p in tree["parents"]] == ["c@1"]
         grand = tree["parents"][0]["parents"]
-        assert [(p["ref"], p["weight"], p["datasets"][0]["name"]) for p in grand] == [("a@1", 0.7, "support-tickets"),
-                                                                                      ("b@1", 0.3, "faq")]
+        assert [(p["ref"], p["weight"], p["datasets"][0]["name"]) for p in grand] == [
+            ("a@1", 0.7, "support-tickets"),
+            ("b@1", 0.3, "faq"),
+        ]
         assert [x["ref"] for x in registry.lineage("a@1")["descendants"]] == ["c@1", "d@1"]
 
 
@@ -80,8 +120,11 @@ def test_promotion_rules_and_audit(registry_url, tmp_path):
         assert registry.promote("support@1", "staging").status == "staging"
         assert registry.promote("support@staging").status == "production"
         registry.promote("support@2")  # one production version per name: support@1 goes back to staging
-        assert [(r.ref, r.status) for r in registry.list()] == [("support@1", "staging"), ("support@2", "production"),
-                                                                ("support@3", "draft")]
+        assert [(r.ref, r.status) for r in registry.list()] == [
+            ("support@1", "staging"),
+            ("support@2", "production"),
+            ("support@3", "draft"),
+        ]
         assert registry.get("support@production").ref == "support@2"
         registry.promote("support@3", allow_multiple=True)
         assert [r.ref for r in registry.list(status="production")] == ["support@2", "support@3"]
@@ -97,10 +140,16 @@ def test_promotion_rules_and_audit(registry_url, tmp_path):
             registry.retire("support")
         entries = registry.audit("support")
     assert [(e["action"], e["adapter"], e["details"].get("from"), e["details"].get("to")) for e in entries] == [
-        ("register", "support@1", None, None), ("register", "support@2", None, None), ("register", "support@3", None, None),
-        ("promote", "support@1", "draft", "staging"), ("promote", "support@1", "staging", "production"),
-        ("demote", "support@1", "production", "staging"), ("promote", "support@2", "draft", "production"),
-        ("promote", "support@3", "draft", "production"), ("retire", "support@3", "production", "retired")]
+        ("register", "support@1", None, None),
+        ("register", "support@2", None, None),
+        ("register", "support@3", None, None),
+        ("promote", "support@1", "draft", "staging"),
+        ("promote", "support@1", "staging", "production"),
+        ("demote", "support@1", "production", "staging"),
+        ("promote", "support@2", "draft", "production"),
+        ("promote", "support@3", "draft", "production"),
+        ("retire", "support@3", "production", "retired"),
+    ]
     assert {e["actor"] for e in entries} == {"bob"} and entries[-1]["details"]["reason"] == "regressed on faq"
 
 
@@ -128,7 +177,10 @@ def test_verify_catches_a_modified_an_added_and_a_missing_file(registry_url, tmp
         [report] = registry.verify("support@1")
         assert not report["ok"]
         assert sorted((p["file"], p["status"]) for p in report["problems"]) == [
-            ("adapter_model.bin", "added"), ("adapter_model.safetensors", "modified"), ("lorakit.json", "missing")]
+            ("adapter_model.bin", "added"),
+            ("adapter_model.safetensors", "modified"),
+            ("lorakit.json", "missing"),
+        ]
         shutil.rmtree(path)
         [gone] = registry.verify("support")
         assert {p["status"] for p in gone["problems"]} == {"missing"} and len(gone["problems"]) == 3
@@ -229,7 +281,9 @@ def one_thread():
 
 
 @pytest.mark.slow
-def test_a_default_model_adapter_is_registered_promoted_served_by_production_and_found(tmp_path, monkeypatch, one_thread):
+def test_a_default_model_adapter_is_registered_promoted_served_by_production_and_found(
+    tmp_path, monkeypatch, one_thread
+):
     monkeypatch.delenv("LORAKIT_REGISTRY", raising=False)
     adapter_dir = tmp_path / "support" / "adapter"
     assert lk.registry.auto_register(adapter_dir) is None  # no registry configured: nothing happens
@@ -258,13 +312,20 @@ def test_a_default_model_adapter_is_registered_promoted_served_by_production_and
 def test_the_trainers_provenance_block_is_read(registry_url, tmp_path):
     train = {"path": "data/train.jsonl", "sha256": "c3" * 32, "rows": 40, "sequences": 40, "truncated": 0}
     evaluation = {"path": "data/val.jsonl", "sha256": "d4" * 32, "rows": 8}
-    meta = {"training": {"config": {"lora": {"r": 4}}, "dataset": {"train": train, "eval": evaluation},
-                         "metrics": {"steps": 30, "final_loss": 1.75, "best_eval_loss": None}}}
+    meta = {
+        "training": {
+            "config": {"lora": {"r": 4}},
+            "dataset": {"train": train, "eval": evaluation},
+            "metrics": {"steps": 30, "final_loss": 1.75, "best_eval_loss": None},
+        }
+    }
     with Registry(registry_url) as registry:
         record = registry.add(make_adapter(tmp_path / "run" / "adapter", metadata=meta))
         assert record.ref == "run@1"
-        assert [(d["name"], d["role"], d["rows"]) for d in record.datasets] == [("val.jsonl", "eval", 8),
-                                                                                ("train.jsonl", "train", 40)]
+        assert [(d["name"], d["role"], d["rows"]) for d in record.datasets] == [
+            ("val.jsonl", "eval", 8),
+            ("train.jsonl", "train", 40),
+        ]
         assert sorted((m["name"], m["value"]) for m in record.metrics) == [("final_loss", 1.75), ("steps", 30.0)]
         assert [x["ref"] for x in registry.trained_on("train.jsonl")["adapters"]] == ["run@1"]
         assert registry.trained_on("val.jsonl")["adapters"] == []  # evaluated on it, not trained on it
@@ -294,20 +355,30 @@ def test_an_adapter_from_the_real_trainer_is_registered_promoted_loaded_and_foun
     monkeypatch.setenv("LORAKIT_REGISTRY", str(tmp_path / "registry.db"))
     base = tiny_base(lk.bases.lorakit_home() / "models" / "tiny-demo")  # shared with the training tests
     data = tmp_path / "tickets.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"Ticket {i}: printer jammed?", "completion": f" reply {i}"}) + "\n"
-                            for i in range(8)))
-    config = {"base": str(base), "lora": {"r": 4, "alpha": 8}, "output": str(tmp_path / "triage"),
-              "data": {"train": str(data), "format": "completion", "max_length": 32},
-              "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "precision": "fp32", "seed": 0}}
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"Ticket {i}: printer jammed?", "completion": f" reply {i}"}) + "\n" for i in range(8)
+        )
+    )
+    config = {
+        "base": str(base),
+        "lora": {"r": 4, "alpha": 8},
+        "output": str(tmp_path / "triage"),
+        "data": {"train": str(data), "format": "completion", "max_length": 32},
+        "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "precision": "fp32", "seed": 0},
+    }
     summary = train(config, progress=False)
     record = lk.registry.auto_register(summary["adapter"])
     assert record.ref == "triage@1" and record.base["name"] == str(base)
     assert [(d["sha256"], d["rows"]) for d in record.datasets if d["role"] == "train"] == [
-        (hashlib.sha256(data.read_bytes()).hexdigest(), 8)]
+        (hashlib.sha256(data.read_bytes()).hexdigest(), 8)
+    ]
     with Registry() as registry:
         registry.promote("triage@1")
         assert [x["ref"] for x in registry.trained_on(str(data))["adapters"]] == ["triage@1"]
     model, tokenizer = lk.bases.load(str(base))
     ids = tokenizer("Ticket 3: printer jammed?", return_tensors="pt").input_ids
     direct = logits(lk.load_adapter(lk.bases.load(str(base))[0], summary["adapter"]), ids)
-    torch.testing.assert_close(logits(lk.load_adapter(model, "registry:triage@production"), ids), direct, rtol=0, atol=0)
+    torch.testing.assert_close(
+        logits(lk.load_adapter(model, "registry:triage@production"), ids), direct, rtol=0, atol=0
+    )

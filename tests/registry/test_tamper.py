@@ -9,25 +9,37 @@ from sqlalchemy import text
 
 from lorakit.registry import Registry
 from lorakit.registry.checks import describe
-from tests.registry.support import make_adapter, registry_url, run_cli  # noqa: F401  (fixture)
+from tests.registry.support import make_adapter, run_cli
 
-_DROP_GUARD = {"sqlite": ["DROP TRIGGER audit_log_no_update", "DROP TRIGGER audit_log_no_delete"],
-               "postgresql": ["DROP TRIGGER audit_log_append_only ON audit_log"]}
+_DROP_GUARD = {
+    "sqlite": ["DROP TRIGGER audit_log_no_update", "DROP TRIGGER audit_log_no_delete"],
+    "postgresql": ["DROP TRIGGER audit_log_append_only ON audit_log"],
+}
 
 # (what was edited, SQL run by someone with write access to the database, text the finding must contain)
 EDITS = [
     ("metric value", "UPDATE metrics SET value = 0.01", "metrics[0].value changed from 6.3 to 0.01"),
-    ("status", "UPDATE adapters SET status = 'production'", "status changed from \"staging\" to \"production\""),
+    ("status", "UPDATE adapters SET status = 'production'", 'status changed from "staging" to "production"'),
     ("rank", "UPDATE adapters SET rank = 64", "rank changed from 4 to 64"),
-    ("file hash", f"UPDATE adapter_files SET sha256 = '{'0' * 64}' WHERE filename = 'lorakit.json'",
-     "lorakit.json"),
+    ("file hash", f"UPDATE adapter_files SET sha256 = '{'0' * 64}' WHERE filename = 'lorakit.json'", "lorakit.json"),
     ("tag added", "INSERT INTO adapter_tags (adapter_id, tag) SELECT id, 'approved' FROM adapters", "tags"),
-    ("audit entry altered", "UPDATE audit_log SET actor = 'mallory' WHERE action = 'promote'",
-     "(promote support@1 at"),
-    ("audit entry deleted", "DELETE FROM audit_log WHERE action = 'register'", "audit chain breaks before audit entry #2"),
-    ("promotion entry deleted", "DELETE FROM audit_log WHERE action = 'promote'", "audit chain breaks before audit entry #3"),
-    ("audit entry inserted", "INSERT INTO audit_log (at, actor, action, adapter, details) "
-                             "VALUES ('2030-01-01 00:00:00', 'mallory', 'promote', 'support@1', '{}')", "written outside lorakit"),
+    ("audit entry altered", "UPDATE audit_log SET actor = 'mallory' WHERE action = 'promote'", "(promote support@1 at"),
+    (
+        "audit entry deleted",
+        "DELETE FROM audit_log WHERE action = 'register'",
+        "audit chain breaks before audit entry #2",
+    ),
+    (
+        "promotion entry deleted",
+        "DELETE FROM audit_log WHERE action = 'promote'",
+        "audit chain breaks before audit entry #3",
+    ),
+    (
+        "audit entry inserted",
+        "INSERT INTO audit_log (at, actor, action, adapter, details) "
+        "VALUES ('2030-01-01 00:00:00', 'mallory', 'promote', 'support@1', '{}')",
+        "written outside lorakit",
+    ),
 ]
 
 

@@ -29,16 +29,26 @@ def tiny_base(seed: int = 0, layers: int = 2):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     model = LlamaForCausalLM(config).eval()
     model.config.name_or_path = f"tiny-llama-{seed}"
     return model
 
 
-def save_adapters(root: Path, ranks: dict[str, int], seed: int = 0, base_seed: int = 0,
-                  targets: str | list[str] = "all-linear") -> dict[str, Path]:
+def save_adapters(
+    root: Path, ranks: dict[str, int], seed: int = 0, base_seed: int = 0, targets: str | list[str] = "all-linear"
+) -> dict[str, Path]:
     """Random adapters (non-zero B) for ``tiny_base(base_seed)``, one directory each under ``root``."""
     model = tiny_base(base_seed)
     paths = {}
@@ -60,8 +70,9 @@ def engine_with(paths: dict[str, Path], base_seed: int = 0, **kwargs) -> Engine:
     return engine
 
 
-def reference_greedy(prompt: list[int], adapter_dir: Path | None, steps: int, base_seed: int = 0,
-                     eos: set[int] = frozenset()) -> list[int]:
+def reference_greedy(
+    prompt: list[int], adapter_dir: Path | None, steps: int, base_seed: int = 0, eos: set[int] = frozenset()
+) -> list[int]:
     """Greedy tokens of one request alone: a fresh base with the adapter loaded and merged, no KV cache."""
     model = tiny_base(base_seed)
     if adapter_dir is not None:

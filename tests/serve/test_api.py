@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import lorakit as lk
-
 from lorakit.serve.api import create_app
 from tests.serve.support import Server, engine_with, save_adapters
 
@@ -76,8 +75,10 @@ def test_chat_and_its_stream_agree(client):
 
 def test_completion_stream_concatenates_to_the_completion(client):
     whole = client.completions.create(model="a", prompt="The cat", max_tokens=10, temperature=0)
-    pieces = [c.choices[0].text for c in client.completions.create(model="a", prompt="The cat", max_tokens=10,
-                                                                      temperature=0, stream=True)]
+    pieces = [
+        c.choices[0].text
+        for c in client.completions.create(model="a", prompt="The cat", max_tokens=10, temperature=0, stream=True)
+    ]
     assert "".join(pieces) == whole.choices[0].text and len(pieces) > 2
 
 
@@ -95,14 +96,18 @@ def test_unknown_model_is_404_with_an_openai_error_body(client):
 
 def test_malformed_json_and_bad_fields_are_400_naming_the_field(server, client):
     url, _ = server
-    raw = httpx.post(url + "/v1/completions", content=b'{"model": "a", "prompt": ', headers={"content-type": "application/json"})
+    raw = httpx.post(
+        url + "/v1/completions", content=b'{"model": "a", "prompt": ', headers={"content-type": "application/json"}
+    )
     assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_json"
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model="a", prompt="x", temperature=5)
     assert err.value.body["param"] == "temperature"
     missing = httpx.post(url + "/v1/chat/completions", json={"model": "a"})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "messages"
-    wrong_role = httpx.post(url + "/v1/chat/completions", json={"model": "a", "messages": [{"role": "robot", "content": "x"}]})
+    wrong_role = httpx.post(
+        url + "/v1/chat/completions", json={"model": "a", "messages": [{"role": "robot", "content": "x"}]}
+    )
     assert wrong_role.status_code == 400 and wrong_role.json()["error"]["param"] == "messages.0.role"
 
 
@@ -164,9 +169,14 @@ def test_metrics_and_health(server, client):
     client.completions.create(model="c", prompt="Count", max_tokens=2)
     text = httpx.get(url + "/metrics").text
     assert 'lorakit_requests_total{adapter="c",outcome="length"}' in text
-    for name in ["lorakit_request_latency_seconds_bucket", "lorakit_time_to_first_token_seconds_bucket",
-                 "lorakit_completion_tokens_total", "lorakit_adapter_cache_total", "lorakit_resident_adapters",
-                 "lorakit_resident_adapter_bytes"]:
+    for name in [
+        "lorakit_request_latency_seconds_bucket",
+        "lorakit_time_to_first_token_seconds_bucket",
+        "lorakit_completion_tokens_total",
+        "lorakit_adapter_cache_total",
+        "lorakit_resident_adapters",
+        "lorakit_resident_adapter_bytes",
+    ]:
         assert name in text
     health = httpx.get(url + "/health").json()
     assert health["status"] == "ok" and health["base"] == "tiny" and health["resident_adapters"] >= 3

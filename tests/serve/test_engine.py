@@ -33,7 +33,9 @@ def adapters(tmp_path_factory):
 
 def _collect(engine, adapter, prompt, **params):
     events = []
-    request = engine.submit(adapter, prompt, SamplingParams(**params), lambda kind, payload: events.append((kind, payload)))
+    request = engine.submit(
+        adapter, prompt, SamplingParams(**params), lambda kind, payload: events.append((kind, payload))
+    )
     return request, events
 
 
@@ -57,13 +59,20 @@ def test_mixed_batch_logits_match_each_adapter_merged_alone(adapters):
         assert (first[row] - alone[-2]).abs().max() <= ATOL, f"row {row} ({name}) prefill"
         assert (second[row] - alone[-1]).abs().max() <= ATOL, f"row {row} ({name}) decode"
     with lk.disabled(tiny_base()) as base, torch.no_grad():
-        assert (base(input_ids=torch.tensor([prompts[0]])).logits[0, -1] - first[0]).abs().max() > 1e-2  # adapters matter
+        assert (
+            base(input_ids=torch.tensor([prompts[0]])).logits[0, -1] - first[0]
+        ).abs().max() > 1e-2  # adapters matter
 
 
 def test_mixed_batch_greedy_tokens_match_alone_including_late_joiners(adapters):
     engine = engine_with(adapters, max_batch=8)
-    jobs = [("a", [5, 17, 300, 42, 9]), (None, [7, 8]), ("b", [1000, 2000, 3000]), ("c", [11, 12, 13, 14]),
-            ("d", [21, 22, 23, 24, 25, 26, 27])]
+    jobs = [
+        ("a", [5, 17, 300, 42, 9]),
+        (None, [7, 8]),
+        ("b", [1000, 2000, 3000]),
+        ("c", [11, 12, 13, 14]),
+        ("d", [21, 22, 23, 24, 25, 26, 27]),
+    ]
     early = [_collect(engine, name, prompt, max_tokens=6, temperature=0) for name, prompt in jobs[:3]]
     engine.step()
     engine.step()
@@ -85,7 +94,12 @@ def test_eviction_respects_the_bound_and_an_evicted_adapter_reloads(adapters):
             engine.step()
             assert len(engine.cache.resident) <= 2
         assert first.setdefault(name, request.tokens) == request.tokens  # reloaded adapter, same output
-    counts = {s.labels["event"]: s.value for m in engine.metrics.cache.collect() for s in m.samples if s.name.endswith("_total")}
+    counts = {
+        s.labels["event"]: s.value
+        for m in engine.metrics.cache.collect()
+        for s in m.samples
+        if s.name.endswith("_total")
+    }
     assert counts["evict"] >= 4 and counts["miss"] >= 4 and counts["hit"] >= 1
 
 
@@ -141,8 +155,10 @@ def test_seeded_sampling_is_reproducible_whatever_shares_the_batch(adapters):
     engine = engine_with(adapters, max_batch=4)
     alone, _ = _collect(engine, "a", [5, 6, 7], max_tokens=8, temperature=0.9, top_p=0.8, seed=7)
     engine.run_until_idle()
-    together = [_collect(engine, name, [5, 6, 7], max_tokens=8, temperature=0.9, top_p=0.8, seed=7)[0]
-                for name in ["b", "a", None]]
+    together = [
+        _collect(engine, name, [5, 6, 7], max_tokens=8, temperature=0.9, top_p=0.8, seed=7)[0]
+        for name in ["b", "a", None]
+    ]
     other_seed, _ = _collect(engine, "a", [5, 6, 7], max_tokens=8, temperature=0.9, top_p=0.8, seed=8)
     engine.run_until_idle()
     assert together[1].tokens == alone.tokens
@@ -152,9 +168,9 @@ def test_seeded_sampling_is_reproducible_whatever_shares_the_batch(adapters):
 def test_stop_string_ends_the_completion_before_it(adapters):
     engine = engine_with(adapters)
     full = engine.generate("The weather today", "a", max_tokens=12, temperature=0)
-    stop = full.text[len(full.text) // 2:len(full.text) // 2 + 3]
+    stop = full.text[len(full.text) // 2 : len(full.text) // 2 + 3]
     cut = engine.generate("The weather today", "a", max_tokens=12, temperature=0, stop=[stop])
-    assert cut.finish_reason == "stop" and cut.text == full.text[:full.text.find(stop)]
+    assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.find(stop)]
 
 
 def test_text_stream_holds_back_a_possible_stop_prefix():
@@ -170,7 +186,7 @@ def test_eos_ends_generation_without_emitting_it(adapters):
     free = engine.generate([5, 6, 7], "a", max_tokens=6, temperature=0)
     engine.eos_ids = {free.tokens[2]}
     ended = engine.generate([5, 6, 7], "a", max_tokens=6, temperature=0)
-    assert ended.finish_reason == "stop" and ended.tokens == free.tokens[:free.tokens.index(free.tokens[2]) + 1]
+    assert ended.finish_reason == "stop" and ended.tokens == free.tokens[: free.tokens.index(free.tokens[2]) + 1]
     ignored = engine.generate([5, 6, 7], "a", max_tokens=6, temperature=0, ignore_eos=True)
     assert ignored.finish_reason == "length" and ignored.tokens == free.tokens
 

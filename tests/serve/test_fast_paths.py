@@ -26,8 +26,13 @@ def layer():
     lora = LoraLinear(nn.Linear(16, 24)).eval()
     for i, (name, r) in enumerate(RANKS.items()):
         generator = torch.Generator().manual_seed(i)
-        lora.attach_adapter(name, torch.randn(r, 16, generator=generator), torch.randn(24, r, generator=generator),
-                            scale=0.5 + i, dropout=0.0)
+        lora.attach_adapter(
+            name,
+            torch.randn(r, 16, generator=generator),
+            torch.randn(24, r, generator=generator),
+            scale=0.5 + i,
+            dropout=0.0,
+        )
     return lora
 
 
@@ -78,12 +83,15 @@ def test_routed_rows_equal_each_row_alone(layer, names, tokens, gather_min_bytes
     assert torch.equal(got, again)
 
 
-@pytest.mark.parametrize("names, slabs", [
-    (["a", "b", "a", "b", "a"], 2),
-    (["a", "a", "a", "b"], 2),
-    (["a", "c", "d", "c"], None),  # one adapter per rank: no stacking at all
-    (["a", "b"], 2),
-])
+@pytest.mark.parametrize(
+    "names, slabs",
+    [
+        (["a", "b", "a", "b", "a"], 2),
+        (["a", "a", "a", "b"], 2),
+        (["a", "c", "d", "c"], None),  # one adapter per rank: no stacking at all
+        (["a", "b"], 2),
+    ],
+)
 def test_each_adapter_is_stacked_once_however_many_rows_use_it(layer, names, slabs, monkeypatch):
     monkeypatch.setattr(routed, "GATHER_MIN_BYTES", 0)
     with torch.no_grad():
@@ -109,8 +117,14 @@ def test_the_tensor_check_refuses_exactly_what_the_full_count_refuses(tmp_path):
     key = "base_model.model.layers.0.q_proj.lora_{}.weight"
     cases = [
         ({key.format("A"): torch.ones(4, 8), key.format("B"): torch.zeros(8, 4)}, None),
-        ({key.format("A"): torch.tensor([[1.0, float("nan")]]), key.format("B"): torch.ones(1, 1)}, "1 non-finite value(s) (1 NaN, 0 inf) of 2"),
-        ({key.format("A"): torch.ones(2, 2), key.format("B"): torch.tensor([float("inf"), -float("inf"), 1.0])}, "2 non-finite value(s) (0 NaN, 2 inf)"),
+        (
+            {key.format("A"): torch.tensor([[1.0, float("nan")]]), key.format("B"): torch.ones(1, 1)},
+            "1 non-finite value(s) (1 NaN, 0 inf) of 2",
+        ),
+        (
+            {key.format("A"): torch.ones(2, 2), key.format("B"): torch.tensor([float("inf"), -float("inf"), 1.0])},
+            "2 non-finite value(s) (0 NaN, 2 inf)",
+        ),
         ({key.format("A"): torch.full((4,), 3e38)}, None),  # the sum overflows, every value is finite
         ({key.format("A"): torch.full((4,), 60000.0, dtype=torch.float16).view(2, 2)}, None),  # fp16 range
         ({key.format("A"): torch.tensor([1.0, float("nan")], dtype=torch.bfloat16)}, "1 NaN"),

@@ -66,22 +66,32 @@ def test_a_body_over_the_limit_is_413(server):
     url, _ = server
     reply = _post(url, "/v1/completions", {"model": "a", "prompt": "x" * 10000, "max_tokens": 2})
     assert reply.status_code == 413 and reply.json()["error"]["code"] == "body_too_large"
-    chunked = httpx.post(url + "/v1/completions", content=iter([b'{"model": "a", "prompt": "', b"y" * 9000, b'"}']),
-                         headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"}, timeout=60)
+    chunked = httpx.post(
+        url + "/v1/completions",
+        content=iter([b'{"model": "a", "prompt": "', b"y" * 9000, b'"}']),
+        headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"},
+        timeout=60,
+    )
     assert chunked.status_code == 413
 
 
-@pytest.mark.parametrize("path,raw", [
-    ("/v1/completions", b'{"model": "a", "prompt": "abc \\ud800 def", "max_tokens": 2}'),
-    ("/v1/completions", b'{"model": "a", "prompt": ["ok", "\\udfff"], "max_tokens": 2}'),
-    ("/v1/completions", b'{"model": "a", "prompt": "x", "stop": ["\\ud83d"], "max_tokens": 2}'),
-    ("/v1/completions", b'{"model": "a\\u0000", "prompt": "x", "max_tokens": 2}'),
-    ("/v1/completions", b'{"model": "a", "prompt": "nul \\u0000 here", "max_tokens": 2}'),
-    ("/v1/completions", b'{"model": "a", "prompt": "x", "\\ud800": 1}'),
-    ("/v1/completions", b'{"model": "a", "prompt": "bad \xff\xfe bytes"}'),
-    ("/v1/chat/completions", b'{"model": "a", "messages": [{"role": "user", "content": "abc \\udfff"}]}'),
-    ("/v1/chat/completions", b'{"model": "a", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\u0000"}]}]}'),
-])
+@pytest.mark.parametrize(
+    "path,raw",
+    [
+        ("/v1/completions", b'{"model": "a", "prompt": "abc \\ud800 def", "max_tokens": 2}'),
+        ("/v1/completions", b'{"model": "a", "prompt": ["ok", "\\udfff"], "max_tokens": 2}'),
+        ("/v1/completions", b'{"model": "a", "prompt": "x", "stop": ["\\ud83d"], "max_tokens": 2}'),
+        ("/v1/completions", b'{"model": "a\\u0000", "prompt": "x", "max_tokens": 2}'),
+        ("/v1/completions", b'{"model": "a", "prompt": "nul \\u0000 here", "max_tokens": 2}'),
+        ("/v1/completions", b'{"model": "a", "prompt": "x", "\\ud800": 1}'),
+        ("/v1/completions", b'{"model": "a", "prompt": "bad \xff\xfe bytes"}'),
+        ("/v1/chat/completions", b'{"model": "a", "messages": [{"role": "user", "content": "abc \\udfff"}]}'),
+        (
+            "/v1/chat/completions",
+            b'{"model": "a", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\u0000"}]}]}',
+        ),
+    ],
+)
 def test_invalid_unicode_and_nul_bytes_are_400_and_the_server_goes_on(server, path, raw):
     url, _ = server
     reply = _post(url, path, raw)
@@ -89,13 +99,16 @@ def test_invalid_unicode_and_nul_bytes_are_400_and_the_server_goes_on(server, pa
     assert _post(url, "/v1/completions", {"model": "a", "prompt": "Hello", "max_tokens": 2}).status_code == 200
 
 
-@pytest.mark.parametrize("method,path,body", [
-    ("POST", "/v1/adapters", {"name": "x", "path": "late\u0000/../late"}),
-    ("POST", "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "late\u0000"}),
-    ("POST", "/v1/unload_lora_adapter", {"lora_name": "a\u0000"}),
-    ("DELETE", "/v1/adapters/a%00b", None),
-    ("GET", "/v1/models/a%00", None),
-])
+@pytest.mark.parametrize(
+    "method,path,body",
+    [
+        ("POST", "/v1/adapters", {"name": "x", "path": "late\u0000/../late"}),
+        ("POST", "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "late\u0000"}),
+        ("POST", "/v1/unload_lora_adapter", {"lora_name": "a\u0000"}),
+        ("DELETE", "/v1/adapters/a%00b", None),
+        ("GET", "/v1/models/a%00", None),
+    ],
+)
 def test_nul_bytes_in_admin_paths_and_names_are_400(server, method, path, body):
     url, _ = server
     token = KEY if path.startswith("/v1/models") else ADMIN
@@ -121,12 +134,17 @@ def test_vllm_adapter_endpoints_round_trip_with_the_admin_token_and_root(server,
     url, _ = server
     body = {"lora_name": "late", "lora_path": str(root / "late")}
     assert _post(url, "/v1/load_lora_adapter", body, token=None).status_code == 401
-    assert _post(url, "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": str(tmp_path)}, token=ADMIN).status_code == 403
+    assert (
+        _post(url, "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": str(tmp_path)}, token=ADMIN).status_code
+        == 403
+    )
     loaded = _post(url, "/v1/load_lora_adapter", body, token=ADMIN)
     assert loaded.status_code == 200 and "late" in loaded.text
     client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60)
     assert "late" in {m.id for m in client.models.list().data}
-    assert client.completions.create(model="late", prompt="Hi", max_tokens=2, temperature=0).usage.completion_tokens == 2
+    assert (
+        client.completions.create(model="late", prompt="Hi", max_tokens=2, temperature=0).usage.completion_tokens == 2
+    )
     assert _post(url, "/v1/unload_lora_adapter", {"lora_name": "late"}, token=ADMIN).status_code == 200
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="late", prompt="Hi", max_tokens=2)
@@ -165,12 +183,17 @@ def test_a_non_streaming_client_that_disconnects_is_cancelled(root):
         body = json.dumps({"model": "a", "prompt": "Go", "max_tokens": 250, "ignore_eos": True}).encode()
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            sock.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body
+            )
             while not engine.scheduler.running:
                 time.sleep(0.01)
         deadline = time.monotonic() + 120
-        while _metric(url, 'lorakit_requests_total{adapter="a",outcome="cancelled"}') == before and time.monotonic() < deadline:
+        while (
+            _metric(url, 'lorakit_requests_total{adapter="a",outcome="cancelled"}') == before
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         assert _metric(url, 'lorakit_requests_total{adapter="a",outcome="cancelled"}') == before + 1
         assert _metric(url, 'lorakit_requests_total{adapter="a",outcome="length"}') == 0

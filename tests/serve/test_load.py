@@ -62,4 +62,4 @@ def test_two_hundred_requests_over_twenty_adapters_complete_within_the_cache_bou
     assert len(results) == REQUESTS and all(reason in ("length", "stop") for _, reason in results)
     assert len({model for model, _ in results}) == ADAPTERS + 1
     assert peak["resident"] <= MAX_RESIDENT and len(engine.cache.resident) <= MAX_RESIDENT
-    assert 'outcome="error"' not in metrics and "lorakit_adapter_cache_total{event=\"evict\"}" in metrics
+    assert 'outcome="error"' not in metrics and 'lorakit_adapter_cache_total{event="evict"}' in metrics

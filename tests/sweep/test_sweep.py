@@ -33,10 +33,20 @@ def tiny_sweep(root: Path, **changes) -> dict:
         (data / "drift.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in DRIFT_PROMPTS))
     sweep = {
         "name": "tiny",
-        "config": {"base": str(base), "lora": {"r": 4, "alpha": 8, "targets": "all-linear"},
-                   "data": {"train": str(data / "train.jsonl"), "eval": str(data / "val4.jsonl"), "max_length": 96},
-                   "train": {"max_steps": 3, "batch_size": 4, "lr": 3e-3, "eval_every": 1, "save_every": 100,
-                             "warmup_ratio": 0.0, "keep_checkpoints": 1}},
+        "config": {
+            "base": str(base),
+            "lora": {"r": 4, "alpha": 8, "targets": "all-linear"},
+            "data": {"train": str(data / "train.jsonl"), "eval": str(data / "val4.jsonl"), "max_length": 96},
+            "train": {
+                "max_steps": 3,
+                "batch_size": 4,
+                "lr": 3e-3,
+                "eval_every": 1,
+                "save_every": 100,
+                "warmup_ratio": 0.0,
+                "keep_checkpoints": 1,
+            },
+        },
         "eval": {"task": {"max_new_tokens": 4, "batch_size": 8}, "drift_prompts": str(data / "drift.jsonl")},
         "space": {"lora.r": [2, 4]},
         "objectives": {"eval_loss": "minimize"},
@@ -56,12 +66,16 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_grid_runs_every_point_finds_the_known_best_and_registers_every_trial(tmp_path):
     # 4 useful steps at lr 3e-3 beat 1 step, and any lr beats 1e-7 (which leaves the base): the best is known.
-    sweep = tiny_sweep(tmp_path, pruner="none",
-                       space={"train.lr": [3e-3, 1e-7], "train.max_steps": [1, 4]})
+    sweep = tiny_sweep(tmp_path, pruner="none", space={"train.lr": [3e-3, 1e-7], "train.max_steps": [1, 4]})
     result = run_sweep(sweep)
     rows = read_csv(tmp_path / "out" / "results.csv")
     assert [r["state"] for r in rows] == ["complete"] * 4
-    assert sorted((float(r["train.lr"]), int(r["train.max_steps"])) for r in rows) == [(1e-7, 1), (1e-7, 4), (3e-3, 1), (3e-3, 4)]
+    assert sorted((float(r["train.lr"]), int(r["train.max_steps"])) for r in rows) == [
+        (1e-7, 1),
+        (1e-7, 4),
+        (3e-3, 1),
+        (3e-3, 4),
+    ]
     best = rows[result["best"][0]]
     assert (float(best["train.lr"]), int(best["train.max_steps"])) == (3e-3, 4)
     assert float(best["eval_loss"]) == min(float(r["eval_loss"]) for r in rows)
@@ -71,7 +85,10 @@ def test_grid_runs_every_point_finds_the_known_best_and_registers_every_trial(tm
         for row in rows:
             record = records[f"trial-{row['trial']}"]
             assert record.meta["sweep"]["name"] == "tiny" and record.meta["sweep"]["trial"] == int(row["trial"])
-            assert record.meta["sweep"]["params"] == {"train.lr": float(row["train.lr"]), "train.max_steps": int(row["train.max_steps"])}
+            assert record.meta["sweep"]["params"] == {
+                "train.lr": float(row["train.lr"]),
+                "train.max_steps": int(row["train.max_steps"]),
+            }
             measured = {m["name"]: m["value"] for m in record.metrics if m["split"] == "eval"}
             assert measured["eval_loss"] == pytest.approx(float(row["eval_loss"]), rel=1e-9)
             assert measured["drift_kl"] == pytest.approx(float(row["drift_kl"]), rel=1e-9)
@@ -96,14 +113,27 @@ def test_pruning_stops_a_trial_whose_eval_loss_is_clearly_worse(tmp_path):
 
 
 def test_pareto_set_of_two_objectives_is_marked_in_results_chart_and_report(tmp_path):
-    spec = load_sweep(tiny_sweep(tmp_path, objectives={"json_valid": "maximize", "drift_kl": "minimize"}, sampler="random",
-                                 budget={"trials": 4}, promote="none"))
+    spec = load_sweep(
+        tiny_sweep(
+            tmp_path,
+            objectives={"json_valid": "maximize", "drift_kl": "minimize"},
+            sampler="random",
+            budget={"trials": 4},
+            promote="none",
+        )
+    )
     study = optuna.create_study(directions=spec.directions)
     measured = [(0.5, 0.10), (0.9, 0.30), (0.4, 0.20), (0.9, 0.05)]  # trial 3 dominates 0 and 1; 2 is dominated by 0
     for task, drift in measured:
         scores = {"json_valid": task, "drift_kl": drift, "adapter_mb": 0.02, "eval_loss": 1.0}
-        study.add_trial(optuna.create_trial(params={"lora.r": 2}, distributions={"lora.r": optuna.distributions.CategoricalDistribution([2, 4])},
-                                            values=[task, drift], user_attrs={"scores": scores, "config": {"lora.r": 2}}))
+        study.add_trial(
+            optuna.create_trial(
+                params={"lora.r": 2},
+                distributions={"lora.r": optuna.distributions.CategoricalDistribution([2, 4])},
+                values=[task, drift],
+                user_attrs={"scores": scores, "config": {"lora.r": 2}},
+            )
+        )
     result = write_results(spec, study)
     assert result["best"] == [3]
     rows = read_csv(tmp_path / "out" / "results.csv")
@@ -112,21 +142,24 @@ def test_pareto_set_of_two_objectives_is_marked_in_results_chart_and_report(tmp_
     assert result["png"].stat().st_size > 1000 and 'class="best"' in result["html"].read_text()
 
 
-@pytest.mark.parametrize("changes, named", [
-    ({"space": {"lora.rank": [4, 8]}}, "'lora.rank'"),
-    ({"space": {"train.learning_rate": [1e-3]}}, "'train.learning_rate'"),
-    ({"space": {"lora.r": []}}, "'lora.r': empty list"),
-    ({"space": {"train.lr": {"low": 1e-3, "high": 1e-4, "log": True}}}, "'train.lr': low 0.001 > high 0.0001"),
-    ({"space": {"lora.r": [4, 0]}}, "'lora.r': value 0 is refused"),
-    ({"space": {"lora.alpha": {"ratio_of": "lora.r", "values": [1, 2]}}}, "'lora.alpha': ratio_of 'lora.r'"),
-    ({"space": {"train.lr": {"low": 1e-4, "high": 1e-3}}}, "'train.lr': the grid sampler needs a finite range"),
-    ({"space": {"output": ["a", "b"]}}, "'output'"),
-    ({"objectives": {"accuracy": "maximize"}}, "unknown metric 'accuracy'"),
-    ({"objectives": {"drift_kl": "lowest"}}, "'drift_kl' must be maximize or minimize"),
-    ({"sampler": "bayes"}, "sampler 'bayes'"),
-    ({"storage": "mysql://u@localhost/db"}, "storage mysql://"),
-    ({"name": "no spaces allowed"}, "name: invalid adapter name"),
-])
+@pytest.mark.parametrize(
+    "changes, named",
+    [
+        ({"space": {"lora.rank": [4, 8]}}, "'lora.rank'"),
+        ({"space": {"train.learning_rate": [1e-3]}}, "'train.learning_rate'"),
+        ({"space": {"lora.r": []}}, "'lora.r': empty list"),
+        ({"space": {"train.lr": {"low": 1e-3, "high": 1e-4, "log": True}}}, "'train.lr': low 0.001 > high 0.0001"),
+        ({"space": {"lora.r": [4, 0]}}, "'lora.r': value 0 is refused"),
+        ({"space": {"lora.alpha": {"ratio_of": "lora.r", "values": [1, 2]}}}, "'lora.alpha': ratio_of 'lora.r'"),
+        ({"space": {"train.lr": {"low": 1e-4, "high": 1e-3}}}, "'train.lr': the grid sampler needs a finite range"),
+        ({"space": {"output": ["a", "b"]}}, "'output'"),
+        ({"objectives": {"accuracy": "maximize"}}, "unknown metric 'accuracy'"),
+        ({"objectives": {"drift_kl": "lowest"}}, "'drift_kl' must be maximize or minimize"),
+        ({"sampler": "bayes"}, "sampler 'bayes'"),
+        ({"storage": "mysql://u@localhost/db"}, "storage mysql://"),
+        ({"name": "no spaces allowed"}, "name: invalid adapter name"),
+    ],
+)
 def test_bad_sweep_file_exits_2_naming_the_key(tmp_path, capsys, monkeypatch, changes, named):
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(tiny_sweep(tmp_path, **changes)))
@@ -136,9 +169,18 @@ def test_bad_sweep_file_exits_2_naming_the_key(tmp_path, capsys, monkeypatch, ch
 
 
 def test_space_parses_choices_ranges_ratios_and_lists(tmp_path):
-    spec = load_sweep(tiny_sweep(tmp_path, sampler="grid", space={
-        "lora.r": [2, 4], "lora.alpha": {"ratio_of": "lora.r", "values": [1, 2]},
-        "lora.targets": ["attention", ["q_proj", "v_proj"]], "train.max_steps": {"low": 2, "high": 6, "step": 2}}))
+    spec = load_sweep(
+        tiny_sweep(
+            tmp_path,
+            sampler="grid",
+            space={
+                "lora.r": [2, 4],
+                "lora.alpha": {"ratio_of": "lora.r", "values": [1, 2]},
+                "lora.targets": ["attention", ["q_proj", "v_proj"]],
+                "train.max_steps": {"low": 2, "high": 6, "step": 2},
+            },
+        )
+    )
     assert [p.name for p in spec.space.params] == ["lora.r", "lora.targets", "train.max_steps", "lora.alpha/lora.r"]
     grid = spec.space.grid()
     assert len(grid) == 2 * 2 * 3 * 2 == spec.trials
@@ -151,8 +193,10 @@ def test_space_parses_choices_ranges_ratios_and_lists(tmp_path):
 
 
 def test_set_overrides_reach_the_config_the_space_and_the_budget(tmp_path):
-    spec = load_sweep(tiny_sweep(tmp_path, sampler="random", budget={"trials": 5}),
-                      ["config.train.max_steps=2", "space.lora.r=[8, 16]", "budget.trials=3", "eval.task.max_new_tokens=2"])
+    spec = load_sweep(
+        tiny_sweep(tmp_path, sampler="random", budget={"trials": 5}),
+        ["config.train.max_steps=2", "space.lora.r=[8, 16]", "budget.trials=3", "eval.task.max_new_tokens=2"],
+    )
     assert spec.config["train"]["max_steps"] == 2 and spec.space.params[0].choices == (8, 16)
     assert spec.trials == 3 and spec.task.max_new_tokens == 2
 

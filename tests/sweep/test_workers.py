@@ -61,8 +61,15 @@ def test_two_workers_share_one_study_on_sqlite_and_postgresql(tmp_path):
     for backend in ("sqlite", "postgresql"):
         root = tmp_path / backend
         root.mkdir()
-        sweep = tiny_sweep(root, name=f"shared-{backend}", space=space, sampler="random", seed=1,
-                           budget={"trials": TRIALS}, pruner="none")
+        sweep = tiny_sweep(
+            root,
+            name=f"shared-{backend}",
+            space=space,
+            sampler="random",
+            seed=1,
+            budget={"trials": TRIALS},
+            pruner="none",
+        )
         sweep["config"]["train"]["max_steps"] = 2
         if backend == "postgresql":
             sweep["storage"], sweep["registry"] = cluster().new_database(), cluster().new_database()
@@ -73,10 +80,23 @@ def test_two_workers_share_one_study_on_sqlite_and_postgresql(tmp_path):
     sync = tmp_path / "sync"
     sync.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    workers = [subprocess.Popen([sys.executable, "-c", _WORKER, str(sync), f"w{i}",
-                                 *(str(tmp_path / b / "sweep.yaml") for b in ("sqlite", "postgresql"))],
-                                env=env, cwd=Path(__file__).parents[2], stderr=subprocess.PIPE, text=True)
-               for i in range(2)]
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _WORKER,
+                str(sync),
+                f"w{i}",
+                *(str(tmp_path / b / "sweep.yaml") for b in ("sqlite", "postgresql")),
+            ],
+            env=env,
+            cwd=Path(__file__).parents[2],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for worker in workers:
         _, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err[-3000:]
@@ -90,8 +110,14 @@ def test_sigkill_mid_trial_then_resume_reruns_that_trial_and_completes_the_budge
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    worker = subprocess.Popen([sys.executable, "-m", "lorakit.cli", "sweep", str(path)], env=env,
-                              cwd=Path(__file__).parents[2], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "lorakit.cli", "sweep", str(path)],
+        env=env,
+        cwd=Path(__file__).parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     started = tmp_path / "out" / "trials" / "0000" / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not started.exists():

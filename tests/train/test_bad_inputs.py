@@ -18,22 +18,38 @@ from lorakit.data import encode_rows, load_rows
 from lorakit.train.config import load_config
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdef", "bcdefg"))
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdef", "bcdefg")
+)
 
 # (what the file holds, its text, the error it must give — a regex)
 BAD_YAML = [
     ("duplicate key", "lora: {r: 4, alpha: 8, r: 64}\n", r"c\.yaml:1: duplicate key 'r' \(first given at line 1\)"),
-    ("duplicate section", "lora:\n  r: 4\ntrain:\n  lr: 0.1\nlora:\n  r: 64\n",
-     r"c\.yaml:5: duplicate key 'lora' \(first given at line 1\)"),
+    (
+        "duplicate section",
+        "lora:\n  r: 4\ntrain:\n  lr: 0.1\nlora:\n  r: 64\n",
+        r"c\.yaml:5: duplicate key 'lora' \(first given at line 1\)",
+    ),
     ("alias bomb", BOMB, r"more than 100 alias uses|aliases expand to more than 10000 values"),
-    ("wide alias fan-out", "a: &a [1, 2, 3]\n" + "".join(f"k{i}: *a\n" for i in range(120)), r"more than 100 alias uses"),
+    (
+        "wide alias fan-out",
+        "a: &a [1, 2, 3]\n" + "".join(f"k{i}: *a\n" for i in range(120)),
+        r"more than 100 alias uses",
+    ),
     ("recursive alias", "a: &a [*a]\n", r"c\.yaml:1: a recursive alias"),
-    ("boolean batch size", "train: {batch_size: true}\n", r"train\.batch_size: Input should be a valid integer, got True"),
+    (
+        "boolean batch size",
+        "train: {batch_size: true}\n",
+        r"train\.batch_size: Input should be a valid integer, got True",
+    ),
     ("string learning rate", "train: {lr: '1e-4'}\n", r"train\.lr: Input should be a valid number, got '1e-4'"),
     ("string flag", "data: {packing: 'yes'}\n", r"data\.packing: Input should be a valid boolean"),
     ("lora flag as text", "lora: {use_dora: 'no'}\n", r"use_dora must be true or false"),
     ("not a mapping", "- a\n- b\n", r"the config must be a mapping"),
-    ("alias and name together", "train: {lr: 0.1, learning_rate: 0.2}\n", r"train\.lr and train\.learning_rate are the same"),
+    (
+        "alias and name together",
+        "train: {lr: 0.1, learning_rate: 0.2}\n",
+        r"train\.lr and train\.learning_rate are the same",
+    ),
     ("epochs and steps", "train: {num_epochs: 2, max_steps: 10}\n", r"train\.max_steps or train\.num_epochs, not both"),
 ]
 
@@ -53,27 +69,39 @@ def test_every_unknown_key_is_reported_at_once_with_did_you_mean(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     message = str(caught.value)
-    for expected in ("trian (did you mean 'train'?)", "train.lrr (did you mean 'lr'?)",
-                     "train.bach_size (did you mean 'batch_size'?)", "data.fromat (did you mean 'format'?)",
-                     "lora.rank (did you mean 'r'?)"):
+    for expected in (
+        "trian (did you mean 'train'?)",
+        "train.lrr (did you mean 'lr'?)",
+        "train.bach_size (did you mean 'batch_size'?)",
+        "data.fromat (did you mean 'format'?)",
+        "lora.rank (did you mean 'r'?)",
+    ):
         assert expected in message
 
 
 def test_hugging_face_and_peft_names_are_aliases_in_yaml_and_set(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("output_dir: runs/x\nlora: {lora_alpha: 32, target_modules: [q_proj], lora_dropout: 0.1, r: 8}\n"
-                    "train: {learning_rate: 1e-4, per_device_train_batch_size: 2, gradient_accumulation_steps: 4}\n"
-                    "data: {max_seq_length: 128}\n")
+    path.write_text(
+        "output_dir: runs/x\nlora: {lora_alpha: 32, target_modules: [q_proj], lora_dropout: 0.1, r: 8}\n"
+        "train: {learning_rate: 1e-4, per_device_train_batch_size: 2, gradient_accumulation_steps: 4}\n"
+        "data: {max_seq_length: 128}\n"
+    )
     config = load_config(path, ["train.lr_scheduler_type=linear", "lora.lora_alpha=16"])
     assert (config.output, config.data.max_length) == ("runs/x", 128)
-    assert (config.train.lr, config.train.batch_size, config.train.grad_accum, config.train.schedule) == (1e-4, 2, 4, "linear")
+    assert (config.train.lr, config.train.batch_size, config.train.grad_accum, config.train.schedule) == (
+        1e-4,
+        2,
+        4,
+        "linear",
+    )
     assert config.lora == {"alpha": 16, "targets": ["q_proj"], "dropout": 0.1, "r": 8}
     assert config.lora_config() == lk.LoraConfig(r=8, alpha=16, targets=["q_proj"], dropout=0.1)
 
 
 def test_lora_config_takes_peft_names_and_names_unknown_ones():
-    assert lk.LoraConfig(lora_alpha=32, target_modules=["q_proj"], lora_dropout=0.05) == \
-        lk.LoraConfig(alpha=32, targets=["q_proj"], dropout=0.05)
+    assert lk.LoraConfig(lora_alpha=32, target_modules=["q_proj"], lora_dropout=0.05) == lk.LoraConfig(
+        alpha=32, targets=["q_proj"], dropout=0.05
+    )
     with pytest.raises(ConfigError, match=r"unknown keys rnk \(did you mean 'r'\?\), alpah \(did you mean 'alpha'\?\)"):
         lk.LoraConfig(rnk=4, alpah=8)
     with pytest.raises(ConfigError, match="alpha and lora_alpha are the same setting"):
@@ -101,11 +129,14 @@ def test_a_config_or_data_path_that_is_not_a_regular_file_is_refused_without_wai
         load_rows(data)
 
 
-@pytest.mark.parametrize("name,content,line", [
-    ("c.yaml", b"base: x\noutput: caf\xe9\n", 2),
-    ("d.csv", b"prompt,completion\np0,c0\ncaf\xe9,x\n", 3),
-    ("d.jsonl", b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n', 2),
-])
+@pytest.mark.parametrize(
+    "name,content,line",
+    [
+        ("c.yaml", b"base: x\noutput: caf\xe9\n", 2),
+        ("d.csv", b"prompt,completion\np0,c0\ncaf\xe9,x\n", 3),
+        ("d.jsonl", b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n', 2),
+    ],
+)
 def test_bytes_that_are_not_utf8_are_reported_at_file_and_line(tmp_path, name, content, line):
     path = tmp_path / name
     path.write_bytes(content)
@@ -121,18 +152,24 @@ def tokenizer():
 
 def test_data_with_no_label_token_left_after_truncation_is_refused(tokenizer):
     rows = [{"prompt": "word " * 100, "completion": " answer"}] * 3
-    with pytest.raises(DataError, match=r"no label \(response\) tokens left to train on: 3 of 3 rows lost all their "
-                                        r"labels to truncation at data\.max_length=16"):
+    with pytest.raises(
+        DataError,
+        match=r"no label \(response\) tokens left to train on: 3 of 3 rows lost all their "
+        r"labels to truncation at data\.max_length=16",
+    ):
         encode_rows(load_rows(rows), tokenizer, "completion", 16)
     some = encode_rows(load_rows([*rows, {"prompt": "hi", "completion": " there"}]), tokenizer, "completion", 16)
     assert (some.unlabelled, some.target_tokens > 0) == (3, True)
 
 
-@pytest.mark.parametrize("rows,expected", [
-    ([{"prompt": "a", "completion": "b"}], "completion"),
-    ([{"instruction": "a", "output": "b"}, {"instruction": "c", "input": "d", "output": "e"}], "instruction"),
-    ([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}], "chat"),
-])
+@pytest.mark.parametrize(
+    "rows,expected",
+    [
+        ([{"prompt": "a", "completion": "b"}], "completion"),
+        ([{"instruction": "a", "output": "b"}, {"instruction": "c", "input": "d", "output": "e"}], "instruction"),
+        ([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}], "chat"),
+    ],
+)
 def test_the_format_is_detected_when_unset(tokenizer, rows, expected):
     assert encode_rows(load_rows(rows), tokenizer, None, 64).format == expected
 

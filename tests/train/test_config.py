@@ -18,22 +18,36 @@ from tests.helpers import tiny_llama
 
 
 def test_defaults_validate_and_overrides_parse_yaml_values():
-    config = load_config({}, ["train.lr=1e-4", "train.loraplus_ratio=16", "lora.targets=[q_proj, v_proj]",
-                              "train.eval_every=null", "data.packing=true"])
+    config = load_config(
+        {},
+        [
+            "train.lr=1e-4",
+            "train.loraplus_ratio=16",
+            "lora.targets=[q_proj, v_proj]",
+            "train.eval_every=null",
+            "data.packing=true",
+        ],
+    )
     assert config.train.lr == 1e-4 and config.train.loraplus_ratio == 16
     assert config.lora_config().targets == ["q_proj", "v_proj"]
     assert config.train.eval_every is None and config.data.packing is True
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.lrr=1", r"unknown key train\.lrr \(did you mean 'lr'\?\); valid keys in train: max_steps, num_epochs, batch_size"),
-    ("train.lr=-1", r"train\.lr: Input should be greater than 0, got -1"),
-    ("train.schedule=step", r"train\.schedule: Input should be 'cosine', 'linear' or 'constant'"),
-    ("lora.r=0", r"lora: r must be a positive integer rank, got 0"),
-    ("lora.rank=8", r"lora: unknown key lora\.rank \(did you mean 'r'\?\)"),
-    ("data.eval_fraction=1.5", r"data\.eval_fraction: Input should be less than 1"),
-    ("train", r"expected key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "train.lrr=1",
+            r"unknown key train\.lrr \(did you mean 'lr'\?\); valid keys in train: max_steps, num_epochs, batch_size",
+        ),
+        ("train.lr=-1", r"train\.lr: Input should be greater than 0, got -1"),
+        ("train.schedule=step", r"train\.schedule: Input should be 'cosine', 'linear' or 'constant'"),
+        ("lora.r=0", r"lora: r must be a positive integer rank, got 0"),
+        ("lora.rank=8", r"lora: unknown key lora\.rank \(did you mean 'r'\?\)"),
+        ("data.eval_fraction=1.5", r"data\.eval_fraction: Input should be less than 1"),
+        ("train", r"expected key=value"),
+    ],
+)
 def test_bad_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config({}, [override])
@@ -93,18 +107,25 @@ def run_config(tmp_path):
     base = tiny_base(lk.bases.lorakit_home() / "models" / "tiny-demo")
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
-    config = {"base": str(base), "data": {"train": str(data), "format": "completion"},
-              "train": {"max_steps": 1, "batch_size": 1}, "output": str(tmp_path / "run")}
+    config = {
+        "base": str(base),
+        "data": {"train": str(data), "format": "completion"},
+        "train": {"max_steps": 1, "batch_size": 1},
+        "output": str(tmp_path / "run"),
+    }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, data
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--set", "train.warmup=0.1"], "unknown key train.warmup (did you mean 'warmup_ratio'?)"),
-    (["--set", "train.batch_size=zero"], "train.batch_size: Input should be a valid integer"),
-    (["--set", "data.format=chat"], "format 'chat' needs key(s) messages"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--set", "train.warmup=0.1"], "unknown key train.warmup (did you mean 'warmup_ratio'?)"),
+        (["--set", "train.batch_size=zero"], "train.batch_size: Input should be a valid integer"),
+        (["--set", "data.format=chat"], "format 'chat' needs key(s) messages"),
+    ],
+)
 def test_cli_bad_config_exits_2_with_one_line(monkeypatch, capsys, run_config, extra, message):
     code, err = _run_cli(monkeypatch, capsys, "train", str(run_config[0]), *extra)
     assert code == 2 and message in err and len(err.splitlines()) == 1

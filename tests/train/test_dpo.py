@@ -21,8 +21,10 @@ from lorakit.train.dpo import DPOObjective, dpo_loss
 from tests.helpers import randomize_adapter, run_cli
 
 COLOURS = ["red", "blue", "green", "black", "white", "yellow"]
-PAIRS = [{"prompt": f"Q{i}: colour of item {i}?", "chosen": f" item {i} is {c}", "rejected": f" no idea about {i}"}
-         for i, c in enumerate(COLOURS * 2)]
+PAIRS = [
+    {"prompt": f"Q{i}: colour of item {i}?", "chosen": f" item {i} is {c}", "rejected": f" no idea about {i}"}
+    for i, c in enumerate(COLOURS * 2)
+]
 
 
 @pytest.fixture(autouse=True)
@@ -39,10 +41,24 @@ def base():
 
 
 def _config(base, out, **extra):
-    config = {"base": base, "lora": {"r": 8, "alpha": 16}, "data": {"max_length": 64},
-              "train": {"objective": "dpo", "max_steps": 12, "batch_size": 4, "lr": 5e-3, "warmup_ratio": 0.0,
-                        "eval_every": 6, "save_every": 6, "precision": "fp32", "seed": 0},
-              "dpo": {"beta": 0.1}, "output": str(out)}
+    config = {
+        "base": base,
+        "lora": {"r": 8, "alpha": 16},
+        "data": {"max_length": 64},
+        "train": {
+            "objective": "dpo",
+            "max_steps": 12,
+            "batch_size": 4,
+            "lr": 5e-3,
+            "warmup_ratio": 0.0,
+            "eval_every": 6,
+            "save_every": 6,
+            "precision": "fp32",
+            "seed": 0,
+        },
+        "dpo": {"beta": 0.1},
+        "output": str(out),
+    }
     for key, value in extra.items():
         config[key] = {**config.get(key, {}), **value}
     return config
@@ -60,8 +76,17 @@ def _direct(pc, pr, rc, rr, beta, eps, kind):
     return -(1 - eps) * math.log(sig) - eps * math.log(1 - sig)
 
 
-@pytest.mark.parametrize("beta,eps,kind", [(0.1, 0.0, "sigmoid"), (0.5, 0.0, "sigmoid"), (0.1, 0.2, "sigmoid"),
-                                           (2.0, 0.1, "sigmoid"), (0.1, 0.0, "ipo"), (1.0, 0.0, "ipo")])
+@pytest.mark.parametrize(
+    "beta,eps,kind",
+    [
+        (0.1, 0.0, "sigmoid"),
+        (0.5, 0.0, "sigmoid"),
+        (0.1, 0.2, "sigmoid"),
+        (2.0, 0.1, "sigmoid"),
+        (0.1, 0.0, "ipo"),
+        (1.0, 0.0, "ipo"),
+    ],
+)
 def test_dpo_loss_rewards_and_accuracy_equal_a_direct_computation(beta, eps, kind):
     pc, pr, rc, rr = (LOGPS[:, j].double() for j in range(4))
     out = dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=eps, loss_type=kind)
@@ -136,21 +161,31 @@ def test_precomputed_reference_gives_the_same_losses(base, tmp_path):
     losses = []
     for precompute in (False, True):
         out = tmp_path / f"run-{precompute}"
-        config = _config(base, out, data={"train": str(data)}, train={"max_steps": 4},
-                         dpo={"precompute_reference": precompute})
+        config = _config(
+            base, out, data={"train": str(data)}, train={"max_steps": 4}, dpo={"precompute_reference": precompute}
+        )
         Trainer.from_config(config, progress=False).fit()
         lines = (out / "metrics.jsonl").read_text().splitlines()
         losses.append([json.loads(line)["loss"] for line in lines])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-7)
 
 
-@pytest.mark.parametrize("row,message", [
-    ({"prompt": "Q", "chosen": "A"}, "missing rejected"),
-    ({"prompt": "Q", "chosen": "same", "rejected": "same"}, "identical"),
-    ({"prompt": "Q", "chosen": " ", "rejected": "B"}, "empty response"),
-    ({"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": ""}],
-      "rejected": "B"}, "empty response"),
-])
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        ({"prompt": "Q", "chosen": "A"}, "missing rejected"),
+        ({"prompt": "Q", "chosen": "same", "rejected": "same"}, "identical"),
+        ({"prompt": "Q", "chosen": " ", "rejected": "B"}, "empty response"),
+        (
+            {
+                "prompt": [{"role": "user", "content": "Q"}],
+                "chosen": [{"role": "assistant", "content": ""}],
+                "rejected": "B",
+            },
+            "empty response",
+        ),
+    ],
+)
 def test_bad_preference_data_exits_2_naming_file_and_line(base, tmp_path, capsys, monkeypatch, row, message):
     import yaml
 

@@ -20,8 +20,10 @@ from tests.helpers import randomize_adapter
 
 trl = pytest.importorskip("trl", reason="trl is a test extra: pip install -e '.[test]'")
 
-ROWS = [{"prompt": f"Q{i}: colour of item {i}?", "chosen": f" item {i} is {c}", "rejected": f" no idea about item {i}"}
-        for i, c in enumerate(["red", "blue", "green", "black"])]
+ROWS = [
+    {"prompt": f"Q{i}: colour of item {i}?", "chosen": f" item {i} is {c}", "rejected": f" no idea about item {i}"}
+    for i, c in enumerate(["red", "blue", "green", "black"])
+]
 REFERENCE = torch.tensor([-41.0, -38.5, -44.0, -40.0, -47.5, -45.0, -43.0, -52.0], dtype=torch.float32)  # (2B,)
 
 
@@ -35,10 +37,17 @@ def setup(tmp_path_factory):
     model = AutoModelForCausalLM.from_pretrained(base)
     inject(model, LoraConfig(r=4, alpha=8))
     randomize_adapter(model, scale=0.3)  # a policy that differs from the base
-    args = trl.DPOConfig(output_dir=str(tmp_path_factory.mktemp("trl")), report_to=[], use_cpu=True, bf16=False,
-                         loss_type=["sigmoid"], precompute_ref_log_probs=False)
-    trainer = trl.DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(ROWS[:1]),
-                             processing_class=tokenizer)
+    args = trl.DPOConfig(
+        output_dir=str(tmp_path_factory.mktemp("trl")),
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        loss_type=["sigmoid"],
+        precompute_ref_log_probs=False,
+    )
+    trainer = trl.DPOTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(ROWS[:1]), processing_class=tokenizer
+    )
     trainer.precompute_ref_logps = True  # take the fixed reference log-probs given with each batch
     batch = collate_pairs(encode_preferences(load_rows(ROWS), tokenizer, 64).examples, tokenizer.pad_token_id)
     return trainer, model, batch
@@ -51,9 +60,13 @@ def test_loss_rewards_and_logps_equal_trl(setup, beta):
     pairs = len(ROWS)
     trainer.beta = beta
     trainer._metrics["eval"].clear()
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-              "completion_mask": (batch["labels"] != -100).long(),  # TRL's mask of response tokens
-              "ref_chosen_logps": REFERENCE[:pairs], "ref_rejected_logps": REFERENCE[pairs:]}
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "completion_mask": (batch["labels"] != -100).long(),  # TRL's mask of response tokens
+        "ref_chosen_logps": REFERENCE[:pairs],
+        "ref_rejected_logps": REFERENCE[pairs:],
+    }
     with torch.no_grad():
         want = float(trainer._compute_loss(model, inputs, return_outputs=False))
         loss, stats = DPOObjective(model, beta)(**batch, reference_logps=REFERENCE)

@@ -19,8 +19,10 @@ from lorakit.train.drift_guard import DriftGuard, GuardedTokenLoss, base_top_k, 
 from lorakit.train.guard_cache import CACHE_FILE, GuardBatch
 from tests.helpers import randomize_adapter
 
-ROWS = [{"prompt": f"Q{i}: colour of item {i}?", "completion": f" item {i} is {c}"}
-        for i, c in enumerate(["red", "blue", "green", "black"] * 2)]
+ROWS = [
+    {"prompt": f"Q{i}: colour of item {i}?", "completion": f" item {i} is {c}"}
+    for i, c in enumerate(["red", "blue", "green", "black"] * 2)
+]
 
 
 @pytest.fixture(autouse=True)
@@ -37,11 +39,25 @@ def base():
 
 
 def _config(base, out, guard=None, **train):
-    settings = {"max_steps": 16, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "eval_every": None,
-                "save_every": 16, "precision": "fp32", "seed": 0}
+    settings = {
+        "max_steps": 16,
+        "batch_size": 4,
+        "lr": 1e-2,
+        "warmup_ratio": 0.0,
+        "eval_every": None,
+        "save_every": 16,
+        "precision": "fp32",
+        "seed": 0,
+    }
     settings.update(train)
-    return {"base": base, "lora": {"r": 8, "alpha": 16}, "data": {"format": "completion", "max_length": 64},
-            "train": settings, "output": str(out), "drift_guard": guard}
+    return {
+        "base": base,
+        "lora": {"r": 8, "alpha": 16},
+        "data": {"format": "completion", "max_length": 64},
+        "train": settings,
+        "output": str(out),
+        "drift_guard": guard,
+    }
 
 
 GUARD = {"weight": 1.0, "batch_size": 4, "respond_tokens": 4, "top_k": 16}
@@ -114,14 +130,18 @@ def test_guarded_training_drifts_less_on_held_out_general_prompts(base, tmp_path
 def test_a_guard_file_row_without_text_names_file_and_line(base, tmp_path):
     data = tmp_path / "general.jsonl"
     data.write_text(json.dumps({"text": "A plain paragraph."}) + "\n" + json.dumps({"body": "x"}) + "\n")
-    trainer = Trainer.from_config(_config(base, tmp_path / "run", {**GUARD, "data": str(data)}), train_data=ROWS,
-                                  progress=False)
+    trainer = Trainer.from_config(
+        _config(base, tmp_path / "run", {**GUARD, "data": str(data)}), train_data=ROWS, progress=False
+    )
     with pytest.raises(DataError, match=f"{data}:2: a drift-guard row needs"):
         trainer.fit()
 
 
-@pytest.mark.parametrize("variant", [{"quantize": "nf4"}, {"lora": {"use_dora": True}},
-                                     {"quantize": "nf4", "lora": {"use_dora": True}}], ids=["qlora", "dora", "qdora"])
+@pytest.mark.parametrize(
+    "variant",
+    [{"quantize": "nf4"}, {"lora": {"use_dora": True}}, {"quantize": "nf4", "lora": {"use_dora": True}}],
+    ids=["qlora", "dora", "qdora"],
+)
 def test_with_qlora_and_dora_the_term_starts_at_zero_and_trains_only_the_adapter(base, tmp_path, variant):
     config = _config(base, tmp_path / "run", {**GUARD, "data": str(_small_guard(tmp_path))})
     config["lora"] = {**config["lora"], "targets": "all-linear", **variant.get("lora", {})}
@@ -182,8 +202,13 @@ def test_a_process_share_of_a_guard_batch_is_its_rows_with_their_positions():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
     ids = torch.arange(12).reshape(3, 4) * mask
     n = int(mask.sum())
-    batch = GuardBatch(ids, mask, torch.arange(n)[:, None].repeat(1, 2), torch.arange(n, dtype=torch.float)[:, None],
-                       -torch.arange(n, dtype=torch.float))
+    batch = GuardBatch(
+        ids,
+        mask,
+        torch.arange(n)[:, None].repeat(1, 2),
+        torch.arange(n, dtype=torch.float)[:, None],
+        -torch.arange(n, dtype=torch.float),
+    )
     rows_of_positions = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
     for world in (1, 2, 3):
         for rank in range(world):

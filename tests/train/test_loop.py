@@ -9,14 +9,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lorakit.cli.quickstart import tiny_base
 from lorakit.core import bases
 from lorakit.core.errors import TrainingError
-from lorakit.cli.quickstart import tiny_base
 from lorakit.train import Callback, Trainer, train
 from lorakit.train.checkpoint import list_checkpoints
 
-ROWS = [{"prompt": f"Q{i}: colour of item {i}?", "completion": f" item {i} is {c}"}
-        for i, c in enumerate(["red", "blue", "green", "black"] * 2)]
+ROWS = [
+    {"prompt": f"Q{i}: colour of item {i}?", "completion": f" item {i} is {c}"}
+    for i, c in enumerate(["red", "blue", "green", "black"] * 2)
+]
 
 
 @pytest.fixture(autouse=True)
@@ -34,11 +36,24 @@ def base():
 
 
 def _config(base, out, **train):
-    settings = {"max_steps": 24, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "eval_every": 8, "save_every": 8,
-                "precision": "fp32", "seed": 0}
+    settings = {
+        "max_steps": 24,
+        "batch_size": 4,
+        "lr": 1e-2,
+        "warmup_ratio": 0.0,
+        "eval_every": 8,
+        "save_every": 8,
+        "precision": "fp32",
+        "seed": 0,
+    }
     settings.update(train)
-    return {"base": base, "lora": {"r": 8, "alpha": 16}, "data": {"format": "completion", "max_length": 64},
-            "train": settings, "output": str(out)}
+    return {
+        "base": base,
+        "lora": {"r": 8, "alpha": 16},
+        "data": {"format": "completion", "max_length": 64},
+        "train": settings,
+        "output": str(out),
+    }
 
 
 def test_tiny_model_trains_and_its_loss_falls(base, tmp_path):
@@ -63,8 +78,11 @@ def test_tiny_model_trains_and_its_loss_falls(base, tmp_path):
 
 
 def test_checkpoints_keep_the_last_k(base, tmp_path):
-    train(_config(base, tmp_path / "run", max_steps=6, save_every=1, keep_checkpoints=2, eval_every=None),
-          train_data=ROWS, progress=False)
+    train(
+        _config(base, tmp_path / "run", max_steps=6, save_every=1, keep_checkpoints=2, eval_every=None),
+        train_data=ROWS,
+        progress=False,
+    )
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-000005", "step-000006"]
 
 
@@ -82,8 +100,9 @@ class Poison(Callback):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(base, tmp_path):
     out = tmp_path / "run"
-    trainer = Trainer.from_config(_config(base, out, save_every=2, eval_every=None), train_data=ROWS,
-                                  callbacks=[Poison(3)], progress=False)
+    trainer = Trainer.from_config(
+        _config(base, out, save_every=2, eval_every=None), train_data=ROWS, callbacks=[Poison(3)], progress=False
+    )
     with pytest.raises(TrainingError, match=r"step 4: the loss is nan; .*last good checkpoint is .*step-000002"):
         trainer.fit()
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-000002"]
@@ -96,16 +115,22 @@ class Penalty(Callback):
     """A regulariser through the loss_term hook: pull every B towards zero."""
 
     def loss_term(self, trainer):
-        return 100.0 * sum((p ** 2).sum() for n, p in trainer.model.named_parameters() if "lora_B" in n)
+        return 100.0 * sum((p**2).sum() for n, p in trainer.model.named_parameters() if "lora_B" in n)
 
 
 def test_loss_term_hook_changes_the_optimisation(base, tmp_path):
-    plain = Trainer.from_config(_config(base, tmp_path / "a", max_steps=6, eval_every=None), train_data=ROWS, progress=False)
+    plain = Trainer.from_config(
+        _config(base, tmp_path / "a", max_steps=6, eval_every=None), train_data=ROWS, progress=False
+    )
     plain.fit()
-    held = Trainer.from_config(_config(base, tmp_path / "b", max_steps=6, eval_every=None), train_data=ROWS,
-                               callbacks=[Penalty()], progress=False)
+    held = Trainer.from_config(
+        _config(base, tmp_path / "b", max_steps=6, eval_every=None),
+        train_data=ROWS,
+        callbacks=[Penalty()],
+        progress=False,
+    )
     held.fit()
-    norm = lambda t: sum(float((p ** 2).sum()) for n, p in t.model.named_parameters() if "lora_B" in n)  # noqa: E731
+    norm = lambda t: sum(float((p**2).sum()) for n, p in t.model.named_parameters() if "lora_B" in n)  # noqa: E731
     assert norm(held) < 0.5 * norm(plain)
 
 

@@ -23,12 +23,19 @@ from lorakit.train.guard_cache import CACHE_FILE
 from tests.train.test_resume import _env, _same_run, _train, _wait_for
 
 STEPS = 8
-ROWS = [{"prompt": f"Q{i}: colour of item {i}?", "completion": f" item {i} is {c}"}
-        for i, c in enumerate(["red", "blue", "green", "black"] * 2)]
-PAIRS = [{"prompt": f"Q{i}: colour of item {i}?", "chosen": f" item {i} is {c}", "rejected": f" no idea about {i}"}
-         for i, c in enumerate(["red", "blue", "green", "black"] * 2)]
-GUARD_ROWS = [{"prompt": "Write a short note to a neighbour."}, {"prompt": "Name three fruits."},
-              {"text": "The river rose after a week of rain, and the ferry stopped running."}]
+ROWS = [
+    {"prompt": f"Q{i}: colour of item {i}?", "completion": f" item {i} is {c}"}
+    for i, c in enumerate(["red", "blue", "green", "black"] * 2)
+]
+PAIRS = [
+    {"prompt": f"Q{i}: colour of item {i}?", "chosen": f" item {i} is {c}", "rejected": f" no idea about {i}"}
+    for i, c in enumerate(["red", "blue", "green", "black"] * 2)
+]
+GUARD_ROWS = [
+    {"prompt": "Write a short note to a neighbour."},
+    {"prompt": "Name three fruits."},
+    {"text": "The river rose after a week of rain, and the ferry stopped running."},
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +47,49 @@ def files(tmp_path_factory):
 
 
 def _config(tmp: Path, base: str, objective: str, name: str, **train) -> Path:
-    settings = {"max_steps": STEPS, "batch_size": 2, "grad_accum": 2, "lr": 5e-3, "precision": "fp32",
-                "save_every": 2, "eval_every": 4, "keep_checkpoints": 2, "seed": 3, **train}
+    settings = {
+        "max_steps": STEPS,
+        "batch_size": 2,
+        "grad_accum": 2,
+        "lr": 5e-3,
+        "precision": "fp32",
+        "save_every": 2,
+        "eval_every": 4,
+        "keep_checkpoints": 2,
+        "seed": 3,
+        **train,
+    }
     # dropout only for DPO: the guarded runs are also compared with a torchrun run, whose masks differ
-    config = {"base": base, "lora": {"r": 8, "alpha": 16, "dropout": 0.1 if objective == "dpo" else 0.0},
-              "output": str(tmp / name)}
+    config = {
+        "base": base,
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.1 if objective == "dpo" else 0.0},
+        "output": str(tmp / name),
+    }
     if objective == "dpo":
-        config.update(data={"train": str(tmp / "pairs.jsonl"), "eval": str(tmp / "pairs.jsonl"), "max_length": 64},
-                      train={**settings, "objective": "dpo"}, dpo={"beta": 0.2, "label_smoothing": 0.1})
+        config.update(
+            data={"train": str(tmp / "pairs.jsonl"), "eval": str(tmp / "pairs.jsonl"), "max_length": 64},
+            train={**settings, "objective": "dpo"},
+            dpo={"beta": 0.2, "label_smoothing": 0.1},
+        )
     else:
-        config.update(data={"train": str(tmp / "sft.jsonl"), "eval": str(tmp / "sft.jsonl"), "format": "completion",
-                            "max_length": 64}, train=settings,
-                      drift_guard={"weight": 2.0, "data": str(tmp / "guard.jsonl"), "batch_size": 2, "top_k": 8,
-                                   "respond_tokens": 4, "batch_weight": 0.5, "schedule": "linear"})
+        config.update(
+            data={
+                "train": str(tmp / "sft.jsonl"),
+                "eval": str(tmp / "sft.jsonl"),
+                "format": "completion",
+                "max_length": 64,
+            },
+            train=settings,
+            drift_guard={
+                "weight": 2.0,
+                "data": str(tmp / "guard.jsonl"),
+                "batch_size": 2,
+                "top_k": 8,
+                "respond_tokens": 4,
+                "batch_weight": 0.5,
+                "schedule": "linear",
+            },
+        )
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -60,8 +97,10 @@ def _config(tmp: Path, base: str, objective: str, name: str, **train) -> Path:
 
 def _records(run: Path) -> list[dict]:
     skip = {"tokens_per_s", "step_s"}  # wall-clock fields
-    return [{k: v for k, v in json.loads(line).items() if k not in skip}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in skip}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +150,25 @@ def test_guard_under_two_gloo_processes_trains_the_same_adapter_as_one(files, re
     tmp, base = files
     single = reference("guarded_sft")  # batch_size 2 × grad_accum 2: the same global batch as 2 × 2 processes
     ddp = _config(tmp, base, "guarded_sft", "guard-ddp", batch_size=2, grad_accum=1)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                           "lorakit.cli", "train", str(ddp), "--no-progress"], env=_env(), capture_output=True,
-                          text=True, timeout=600, cwd=tmp)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "lorakit.cli",
+            "train",
+            str(ddp),
+            "--no-progress",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp,
+    )
     assert done.returncode == 0, "\n".join(line for line in done.stderr.splitlines() if "rror" in line)
     assert done.stdout.count(f"done: {STEPS} steps") == 1
     one, two = (load_file(run / "adapter" / "adapter_model.safetensors") for run in (single, tmp / "guard-ddp"))
@@ -125,7 +180,8 @@ def test_guard_under_two_gloo_processes_trains_the_same_adapter_as_one(files, re
     for key in ("loss", "drift_kl", "batch_kl", "task_loss"):  # task_loss is left out where it equals loss
         value = lambda r: r.get(key, r["loss"])  # noqa: E731
         want = torch.tensor([value(r) for r in steps[single]])
-        torch.testing.assert_close(torch.tensor([value(r) for r in steps[tmp / "guard-ddp"]]), want, rtol=1e-4,
-                                   atol=1e-6)
+        torch.testing.assert_close(
+            torch.tensor([value(r) for r in steps[tmp / "guard-ddp"]]), want, rtol=1e-4, atol=1e-6
+        )
     assert steps[single][-1]["drift_kl"] > 0
     assert json.loads((tmp / "guard-ddp" / "lorakit.json").read_text())["objective"] == "sft+drift_guard"

@@ -19,20 +19,34 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from lorakit.core import bases
 from lorakit.cli.quickstart import tiny_base
+from lorakit.core import bases
 
-ROWS = [{"prompt": f"Q{i}: colour of item {i}?", "completion": f" item {i} is {c}"}
-        for i, c in enumerate(["red", "blue", "green", "black", "white"] * 3)]
+ROWS = [
+    {"prompt": f"Q{i}: colour of item {i}?", "completion": f" item {i} is {c}"}
+    for i, c in enumerate(["red", "blue", "green", "black", "white"] * 3)
+]
 STEPS = 14
 
 
 def _write_run(tmp_path: Path, name: str, base: str, data: Path) -> Path:
-    config = {"base": base, "lora": {"r": 8, "alpha": 16, "dropout": 0.1},
-              "data": {"train": str(data), "eval": str(data), "format": "completion", "max_length": 64},
-              "train": {"max_steps": STEPS, "batch_size": 3, "grad_accum": 2, "lr": 5e-3, "precision": "fp32",
-                        "save_every": 2, "eval_every": 4, "keep_checkpoints": 2, "seed": 3},
-              "output": str(tmp_path / name)}
+    config = {
+        "base": base,
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.1},
+        "data": {"train": str(data), "eval": str(data), "format": "completion", "max_length": 64},
+        "train": {
+            "max_steps": STEPS,
+            "batch_size": 3,
+            "grad_accum": 2,
+            "lr": 5e-3,
+            "precision": "fp32",
+            "save_every": 2,
+            "eval_every": 4,
+            "keep_checkpoints": 2,
+            "seed": 3,
+        },
+        "output": str(tmp_path / name),
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -44,8 +58,14 @@ def _env() -> dict[str, str]:
 
 def _train(config: Path | None, *extra: str, **kwargs) -> subprocess.Popen:
     given = [str(config)] if config is not None else []
-    return subprocess.Popen([sys.executable, "-m", "lorakit.cli", "train", *given, "--no-progress", *extra],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lorakit.cli", "train", *given, "--no-progress", *extra],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:

@@ -31,8 +31,11 @@ def _loss_and_grads(model, ids):
     return loss.item(), grads
 
 
-@pytest.mark.parametrize("variant, reentrant", [("lora", False), ("dora", False), ("qlora", False), ("qlora", True)],
-                         ids=["lora", "dora", "qlora", "qlora-reentrant"])
+@pytest.mark.parametrize(
+    "variant, reentrant",
+    [("lora", False), ("dora", False), ("qlora", False), ("qlora", True)],
+    ids=["lora", "dora", "qlora", "qlora-reentrant"],
+)
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(variant, reentrant):
     """The base is frozen, so the reentrant variant only works because inputs are made to require grad."""
     model = _model(variant)
@@ -61,7 +64,9 @@ def test_adamw_8bit_trains_and_paged_names_what_is_available():
     optimizer.step()
     assert (logits(model, ids) - before).abs().max() > 0
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="paged_adamw_8bit is not available on cpu; available here: adamw, adamw_8bit"):
+        with pytest.raises(
+            ConfigError, match="paged_adamw_8bit is not available on cpu; available here: adamw, adamw_8bit"
+        ):
             make_8bit_optimizer(groups, "paged_adamw_8bit")
 
 
@@ -71,7 +76,7 @@ def test_rslora_dora_adapter_round_trips_with_peft(tmp_path):
     model = tiny_llama()
     lk.inject(model, lk.LoraConfig(r=8, alpha=8, use_rslora=True, use_dora=True, targets=["q_proj", "up_proj"]))
     randomize_adapter(model)
-    assert model.model.layers[0].self_attn.q_proj.scaling["default"] == pytest.approx(8 / 8 ** 0.5)
+    assert model.model.layers[0].self_attn.q_proj.scaling["default"] == pytest.approx(8 / 8**0.5)
     lk.save_adapter(model, tmp_path / "a")
     ids = token_batch()
     peft_model = PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "a")).eval()

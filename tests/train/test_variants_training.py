@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import lorakit as lk
+from lorakit.cli.quickstart import tiny_base
 from lorakit.core import quant
 from lorakit.data.demo_task import make_demo_task
-from lorakit.cli.quickstart import tiny_base
 from lorakit.train import Trainer
 
 MODULES = 14  # 7 projections × 2 blocks of the tiny base
@@ -21,19 +21,35 @@ def tiny_dir(tmp_path_factory):
 
 def _run(tmp_path, tiny_dir, **changes):
     paths = make_demo_task(16, 4, 4).write(tmp_path / "data")
-    config = {"base": str(tiny_dir), "output": str(tmp_path / "run"),
-              "lora": {"r": 4, "alpha": 8, "targets": "all-linear", **changes.pop("lora", {})},
-              "data": {"train": str(paths["train"]), "eval": str(paths["val"]), "max_length": 96},
-              "train": {"max_steps": 4, "batch_size": 2, "lr": 1e-2, "eval_every": None, "save_every": None,
-                        "precision": "fp32", **changes.pop("train", {})}, **changes}
+    config = {
+        "base": str(tiny_dir),
+        "output": str(tmp_path / "run"),
+        "lora": {"r": 4, "alpha": 8, "targets": "all-linear", **changes.pop("lora", {})},
+        "data": {"train": str(paths["train"]), "eval": str(paths["val"]), "max_length": 96},
+        "train": {
+            "max_steps": 4,
+            "batch_size": 2,
+            "lr": 1e-2,
+            "eval_every": None,
+            "save_every": None,
+            "precision": "fp32",
+            **changes.pop("train", {}),
+        },
+        **changes,
+    }
     trainer = Trainer.from_config(config, progress=False)
     summary = trainer.fit()
     return trainer, lk.read_adapter(summary["adapter"])
 
 
 def test_qlora_with_dora_8bit_adamw_and_checkpointing_trains_and_reloads(tmp_path, tiny_dir):
-    trainer, files = _run(tmp_path, tiny_dir, quantize="nf4", lora={"use_dora": True},
-                          train={"optim": "adamw_8bit", "gradient_checkpointing": True})
+    trainer, files = _run(
+        tmp_path,
+        tiny_dir,
+        quantize="nf4",
+        lora={"use_dora": True},
+        train={"optim": "adamw_8bit", "gradient_checkpointing": True},
+    )
     model = trainer.model
     assert quant.is_quantized(model.model.layers[0].mlp.up_proj.base_layer)
     assert type(trainer.optimizer).__name__ == "AdamW8bit"

@@ -9,5 +9,20 @@ from lorakit.algebra.export import ExportResult, export_merged
 from lorakit.algebra.factors import Adapter, LowRank, load
 from lorakit.algebra.spectrum import Spectrum, factor_svd, inspect, rank_for_energy
 
-__all__ = ["combine", "METHODS", "CombineResult", "compress", "CompressReport", "output_kl", "export_merged",
-           "ExportResult", "inspect", "Spectrum", "factor_svd", "rank_for_energy", "load", "Adapter", "LowRank"]
+__all__ = [
+    "combine",
+    "METHODS",
+    "CombineResult",
+    "compress",
+    "CompressReport",
+    "output_kl",
+    "export_merged",
+    "ExportResult",
+    "inspect",
+    "Spectrum",
+    "factor_svd",
+    "rank_for_energy",
+    "load",
+    "Adapter",
+    "LowRank",
+]

@@ -41,9 +41,17 @@ class CombineResult:
     notes: list[str] = field(default_factory=list)
 
 
-def combine(sources: list[str | Path | Adapter], out: str | Path, *, weights: list[float] | None = None,
-            method: str = "cat", rank: int | None = None, density: float | None = None, seed: int = 0,
-            sign_method: str = "total") -> CombineResult:
+def combine(
+    sources: list[str | Path | Adapter],
+    out: str | Path,
+    *,
+    weights: list[float] | None = None,
+    method: str = "cat",
+    rank: int | None = None,
+    density: float | None = None,
+    seed: int = 0,
+    sign_method: str = "total",
+) -> CombineResult:
     """Combine adapters ``sources`` with ``weights`` (default 1 each) by ``method`` into a new adapter at ``out``."""
     adapters = [s if isinstance(s, Adapter) else load(s) for s in sources]
     weights = _check_arguments(adapters, weights, method, rank, density, sign_method)
@@ -64,8 +72,14 @@ def combine(sources: list[str | Path | Adapter], out: str | Path, *, weights: li
                 summed = _cat(present)
                 U, S, V = factor_svd(summed.B, summed.A, summed.scale)
             else:
-                dense = merge_elementwise(method, [m.dense() for m, _ in present], [w for _, w in present],
-                                          density, sign_method, _generator(seed, name))
+                dense = merge_elementwise(
+                    method,
+                    [m.dense() for m, _ in present],
+                    [w for _, w in present],
+                    density,
+                    sign_method,
+                    _generator(seed, name),
+                )
                 U, S, Vh = torch.linalg.svd(dense, full_matrices=False)  # (out, q), (q,), (q, in)
                 V = Vh.T
             modules[name], kept[name] = _truncate(U, S, V, k, present[0][0].kind)
@@ -74,8 +88,7 @@ def combine(sources: list[str | Path | Adapter], out: str | Path, *, weights: li
         params["rank"] = rank
     if method in ELEMENTWISE_METHODS:
         params.update(density=density, seed=seed, sign_method=sign_method)
-    lineage = {"method": method, "params": params,
-               "parents": [parent_record(a, w) for a, w in zip(adapters, weights)]}
+    lineage = {"method": method, "params": params, "parents": [parent_record(a, w) for a, w in zip(adapters, weights)]}
     extras_from = next((a for a in adapters if a.extras), None)
     path = writer.write(out, modules, adapters, lineage, extras_from=extras_from, notes=notes)
     return CombineResult(path, method, {n: m.rank for n, m in modules.items()}, kept, notes)
@@ -105,11 +118,17 @@ def _truncate(U: torch.Tensor, S: torch.Tensor, V: torch.Tensor, k: int, kind: s
 def _generator(seed: int, module: str) -> torch.Generator:
     """A generator seeded by ``seed`` and the module's name: each module's draw does not depend on the others."""
     digest = hashlib.sha256(f"{seed}:{module}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2 ** 63 - 1))
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
-def _check_arguments(adapters: list[Adapter], weights: list[float] | None, method: str, rank: int | None,
-                     density: float | None, sign_method: str) -> list[float]:
+def _check_arguments(
+    adapters: list[Adapter],
+    weights: list[float] | None,
+    method: str,
+    rank: int | None,
+    density: float | None,
+    sign_method: str,
+) -> list[float]:
     if not adapters:
         raise ConfigError("combine needs at least one adapter")
     if method not in METHODS:
@@ -122,8 +141,9 @@ def _check_arguments(adapters: list[Adapter], weights: list[float] | None, metho
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ConfigError(f"rank must be a positive integer, got {rank!r}")
     if rank is not None and method in ("cat", "linear"):
-        raise ConfigError(f"{method} has no rank to choose (cat: Σ rᵢ, linear: the adapters' r); "
-                          "use --method svd to set a rank")
+        raise ConfigError(
+            f"{method} has no rank to choose (cat: Σ rᵢ, linear: the adapters' r); use --method svd to set a rank"
+        )
     if method in ELEMENTWISE_METHODS:
         if density is None or not 0.0 < density <= 1.0:
             raise ConfigError(f"{method} needs a density in (0, 1] (the fraction of entries kept), got {density!r}")
@@ -142,13 +162,17 @@ def _check_compatible(adapters: list[Adapter], method: str) -> None:
     for a, fp in known[1:]:
         first, first_fp = known[0]
         if fp != first_fp:
-            raise BaseMismatchError(f"adapters were trained on different bases: {first.path} on "
-                                    f"{_base_name(first)} (fingerprint {first_fp[:12]}), {a.path} on "
-                                    f"{_base_name(a)} (fingerprint {fp[:12]}); combine adapters of one base")
+            raise BaseMismatchError(
+                f"adapters were trained on different bases: {first.path} on "
+                f"{_base_name(first)} (fingerprint {first_fp[:12]}), {a.path} on "
+                f"{_base_name(a)} (fingerprint {fp[:12]}); combine adapters of one base"
+            )
     with_extras = [a for a in adapters if a.extras]
     if len(with_extras) > 1:
-        raise ConfigError(f"{with_extras[0].path} and {with_extras[1].path} both train whole modules or biases "
-                          "(modules_to_save / bias), which cannot be blended; combine adapters without them")
+        raise ConfigError(
+            f"{with_extras[0].path} and {with_extras[1].path} both train whole modules or biases "
+            "(modules_to_save / bias), which cannot be blended; combine adapters without them"
+        )
     seen: dict[str, tuple[Adapter, LowRank]] = {}
     for a in adapters:
         for name, m in a.modules.items():
@@ -157,11 +181,15 @@ def _check_compatible(adapters: list[Adapter], method: str) -> None:
                 continue
             other, om = seen[name]
             if m.shape != om.shape or m.kind != om.kind:
-                raise AdapterMismatchError(f"module {name} is {m.kind} {m.shape} in {a.path} but {om.kind} {om.shape} "
-                                           f"in {other.path}; these adapters belong to different base models")
+                raise AdapterMismatchError(
+                    f"module {name} is {m.kind} {m.shape} in {a.path} but {om.kind} {om.shape} "
+                    f"in {other.path}; these adapters belong to different base models"
+                )
             if method == "linear" and m.rank != om.rank:
-                raise ConfigError(f"linear needs equal ranks, but module {name} has rank {om.rank} in {other.path} and "
-                                  f"{m.rank} in {a.path}; use --method cat (exact, rank Σ rᵢ) or svd (rank k)")
+                raise ConfigError(
+                    f"linear needs equal ranks, but module {name} has rank {om.rank} in {other.path} and "
+                    f"{m.rank} in {a.path}; use --method cat (exact, rank Σ rᵢ) or svd (rank k)"
+                )
 
 
 def _base_name(adapter: Adapter) -> str:

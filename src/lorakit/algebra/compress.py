@@ -52,8 +52,9 @@ class CompressReport:
         return sum(m.rank_before for m in self.modules), sum(m.rank_after for m in self.modules)
 
 
-def compress(source: str | Path | Adapter, out: str | Path, *, energy: float | None = None,
-             rank: int | None = None) -> CompressReport:
+def compress(
+    source: str | Path | Adapter, out: str | Path, *, energy: float | None = None, rank: int | None = None
+) -> CompressReport:
     """Re-factor every module of ``source`` to keep ``energy`` of its ΔW (or to at most ``rank``); write to ``out``."""
     if (energy is None) == (rank is None):
         raise ConfigError("give exactly one of energy (e.g. 0.99) or rank (e.g. 8)")
@@ -71,18 +72,26 @@ def compress(source: str | Path | Adapter, out: str | Path, *, energy: float | N
         k = max(1, min(k, S.numel()))
         root = S[:k].sqrt()
         modules[name] = LowRank(root[:, None] * V[:, :k].T, U[:, :k] * root, 1.0, m.kind)  # (k, in), (out, k)
-        total = float((S ** 2).sum())
+        total = float((S**2).sum())
         kept = float((S[:k] ** 2).sum()) / total if total > 0 else 1.0
         report.append(ModuleCompression(name, m.rank, k, kept, math.sqrt(max(0.0, 1.0 - kept))))
     params = {"energy": energy} if energy is not None else {"rank": rank}
     lineage = {"method": "compress", "params": params, "parents": [parent_record(adapter, 1.0)]}
-    path = writer.write(out, modules, [adapter], lineage, extras_from=adapter if adapter.extras else None,
-                        dtype=adapter.dtype)
-    return CompressReport(path, report, (adapter.path / WEIGHTS_FILE).stat().st_size, (path / WEIGHTS_FILE).stat().st_size)
+    path = writer.write(
+        out, modules, [adapter], lineage, extras_from=adapter if adapter.extras else None, dtype=adapter.dtype
+    )
+    return CompressReport(
+        path, report, (adapter.path / WEIGHTS_FILE).stat().st_size, (path / WEIGHTS_FILE).stat().st_size
+    )
 
 
-def output_kl(model: nn.Module, original: str | Path, compressed: str | Path, input_ids: torch.Tensor,
-              attention_mask: torch.Tensor | None = None) -> float:
+def output_kl(
+    model: nn.Module,
+    original: str | Path,
+    compressed: str | Path,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> float:
     """Mean over tokens of ``KL(p_original ‖ p_compressed)`` of the next-token distributions on ``input_ids``.
 
     Both adapters are loaded into ``model`` for the measurement and removed again afterwards (a model that

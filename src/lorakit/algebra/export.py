@@ -39,8 +39,14 @@ class ExportResult:
     untied_embeddings: bool
 
 
-def export_merged(adapters: list[tuple[str | Path, float]], out: str | Path, *, base: str | None = None,
-                  dtype: str = "fp32", safe: bool = True) -> ExportResult:
+def export_merged(
+    adapters: list[tuple[str | Path, float]],
+    out: str | Path,
+    *,
+    base: str | None = None,
+    dtype: str = "fp32",
+    safe: bool = True,
+) -> ExportResult:
     """Merge ``adapters`` (each ``(source, weight)``) into their base and save a transformers model at ``out``.
 
     The base is ``base``, else the first adapter's recorded base, else the embedded default; every adapter is
@@ -75,8 +81,13 @@ def export_merged(adapters: list[tuple[str | Path, float]], out: str | Path, *, 
     with atomic.directory(out) as staging:
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        provenance = {"lorakit_version": __version__, "base": base_name, "dtype": dtype,
-                      "untied_embeddings": untied, "merged": [parent_record(p, w) for p, w in parents]}
+        provenance = {
+            "lorakit_version": __version__,
+            "base": base_name,
+            "dtype": dtype,
+            "untied_embeddings": untied,
+            "merged": [parent_record(p, w) for p, w in parents],
+        }
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     return ExportResult(Path(out), base_name, dtype, untied)
 

@@ -90,7 +90,7 @@ def load(source: str | Path | AdapterFiles) -> Adapter:
             extras[key] = tensor
             continue
         suffix, (factor, kind) = match
-        module = key[len(PREFIX):-len(suffix)]
+        module = key[len(PREFIX) : -len(suffix)]
         parts.setdefault(module, {"kind": kind})[factor] = tensor
     where = files.path / WEIGHTS_FILE
     modules = {}
@@ -100,11 +100,15 @@ def load(source: str | Path | AdapterFiles) -> Adapter:
             raise AdapterFileError(f"{where}: module {module} has no {missing} tensor; the file is incomplete")
         A, B = found["A"], found["B"]
         if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1]:
-            raise AdapterFileError(f"{where}: module {module} has A of shape {tuple(A.shape)} and B of shape "
-                                   f"{tuple(B.shape)}; expected (r, in) and (out, r) with one r")
+            raise AdapterFileError(
+                f"{where}: module {module} has A of shape {tuple(A.shape)} and B of shape "
+                f"{tuple(B.shape)}; expected (r, in) and (out, r) with one r"
+            )
         if files.config.rank_for(module) != A.shape[0]:
-            raise AdapterFileError(f"{where}: module {module} has rank {A.shape[0]} but the config says "
-                                   f"{files.config.rank_for(module)}; adapter_config.json does not match the weights")
+            raise AdapterFileError(
+                f"{where}: module {module} has rank {A.shape[0]} but the config says "
+                f"{files.config.rank_for(module)}; adapter_config.json does not match the weights"
+            )
         modules[module] = LowRank(A, B, files.config.scale_for(module), found["kind"])
     if not modules:
         raise AdapterFileError(f"{where}: no LoRA tensors (lora_A/lora_B) found")
@@ -125,7 +129,7 @@ def parent_record(adapter: Adapter, weight: float | None = None) -> dict[str, An
     one), the sha256 of its ``adapter_model.safetensors``, and its weight."""
     record: dict[str, Any] = {"path": str(adapter.path.resolve()), "sha256": weights_sha256(adapter.path)}
     if adapter.source.startswith("registry:"):
-        record["registry"] = adapter.source[len("registry:"):]  # "name@version", as the registry reads it
+        record["registry"] = adapter.source[len("registry:") :]  # "name@version", as the registry reads it
     if weight is not None:
         record["weight"] = weight
     return record
@@ -133,8 +137,10 @@ def parent_record(adapter: Adapter, weight: float | None = None) -> dict[str, An
 
 def reject_dora(adapter: Adapter, operation: str) -> None:
     if adapter.is_dora:
-        raise ConfigError(f"{adapter.path}: is a DoRA adapter; {operation} re-factors B·A, which would change DoRA's "
-                          "learned magnitudes — merge it into the base instead (lorakit merge)")
+        raise ConfigError(
+            f"{adapter.path}: is a DoRA adapter; {operation} re-factors B·A, which would change DoRA's "
+            "learned magnitudes — merge it into the base instead (lorakit merge)"
+        )
 
 
 def base_of(files: AdapterFiles, override: str | None = None) -> str:
@@ -142,5 +148,9 @@ def base_of(files: AdapterFiles, override: str | None = None) -> str:
     else the embedded default."""
     from lorakit.core.bases import DEFAULT_BASE
 
-    return (override or files.meta.get("base", {}).get("name_or_path") or files.raw_config.get("base_model_name_or_path")
-            or DEFAULT_BASE)
+    return (
+        override
+        or files.meta.get("base", {}).get("name_or_path")
+        or files.raw_config.get("base_model_name_or_path")
+        or DEFAULT_BASE
+    )

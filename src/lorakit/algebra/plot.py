@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lorakit.core.files import atomic
 from lorakit.algebra.spectrum import KIND_ORDER, Spectrum
+from lorakit.core.files import atomic
 
 
 def _kind_colors(kinds: list[str]) -> dict[str, tuple]:
@@ -27,7 +27,7 @@ def _median_curve(curves: list[list[float]]) -> np.ndarray:
     width = max(len(c) for c in curves)
     padded = np.full((len(curves), width), np.nan)
     for i, c in enumerate(curves):
-        padded[i, :len(c)] = c
+        padded[i, : len(c)] = c
     return np.nanmedian(padded, axis=0)
 
 
@@ -47,8 +47,10 @@ def plot_spectrum(spectrum: Spectrum, path: str | Path, title: str | None = None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = sorted({m.kind for m in spectrum.modules},
-                   key=lambda k: (KIND_ORDER.index(k) if k in KIND_ORDER else len(KIND_ORDER), k))
+    kinds = sorted(
+        {m.kind for m in spectrum.modules},
+        key=lambda k: (KIND_ORDER.index(k) if k in KIND_ORDER else len(KIND_ORDER), k),
+    )
     colors = _kind_colors(kinds)
     fig, axes = plt.subplots(2, 2, figsize=(14, 9.5), gridspec_kw={"height_ratios": [1.15, 1]})
     (ax_sv, ax_energy), (ax_norm, ax_rank) = axes
@@ -71,12 +73,24 @@ def plot_spectrum(spectrum: Spectrum, path: str | Path, title: str | None = None
     ax_sv.legend(title="module kind (count)", fontsize=8, ncol=2)
     for level, style in ((0.9, "--"), (0.99, ":")):
         ax_energy.axhline(level, color="0.3", linestyle=style, linewidth=1)
-        ax_energy.text(1.02, level, f"{level:.0%}", va="center", ha="left", fontsize=8, color="0.3",
-                       transform=ax_energy.get_yaxis_transform())
+        ax_energy.text(
+            1.02,
+            level,
+            f"{level:.0%}",
+            va="center",
+            ha="left",
+            fontsize=8,
+            color="0.3",
+            transform=ax_energy.get_yaxis_transform(),
+        )
     ax_energy.set(title="Cumulative energy Σᵢ≤ₖ σᵢ² / Σ σᵢ²", xlabel="rank k", ylabel="energy kept", ylim=(0, 1.02))
-    for ax, (value, label, cmap) in zip((ax_norm, ax_rank), (
+    for ax, (value, label, cmap) in zip(
+        (ax_norm, ax_rank),
+        (
             (lambda m: m.frobenius, "‖ΔW‖_F by layer and module", "magma"),
-            (lambda m: m.suggested_rank, f"Rank keeping {spectrum.suggest_energy:.0%} of the energy", "viridis"))):
+            (lambda m: m.suggested_rank, f"Rank keeping {spectrum.suggest_energy:.0%} of the energy", "viridis"),
+        ),
+    ):
         grid, layers = _layer_map(spectrum, kinds, value)
         if not layers:
             ax.set_axis_off()
@@ -89,8 +103,11 @@ def plot_spectrum(spectrum: Spectrum, path: str | Path, title: str | None = None
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
     ranks = sorted({m.rank for m in spectrum.modules})
     heading = title or "/".join(Path(spectrum.path).parts[-2:])
-    fig.suptitle(f"{heading} — {len(spectrum.modules)} modules, r = {', '.join(map(str, ranks))}, "
-                 f"‖ΔW‖_F total {spectrum.total_frobenius:.3g}", fontsize=13)
+    fig.suptitle(
+        f"{heading} — {len(spectrum.modules)} modules, r = {', '.join(map(str, ranks))}, "
+        f"‖ΔW‖_F total {spectrum.total_frobenius:.3g}",
+        fontsize=13,
+    )
     fig.tight_layout()
     path = Path(path)
     buffer = io.BytesIO()

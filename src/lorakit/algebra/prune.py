@@ -44,8 +44,14 @@ def disjoint_mean(taus: torch.Tensor, weights: torch.Tensor, sign_method: str) -
     return (weighted * agree).sum(0) / agree.sum(0).clamp(min=1.0)
 
 
-def merge_elementwise(method: str, taus: list[torch.Tensor], weights: list[float], density: float,
-                      sign_method: str = "total", generator: torch.Generator | None = None) -> torch.Tensor:
+def merge_elementwise(
+    method: str,
+    taus: list[torch.Tensor],
+    weights: list[float],
+    density: float,
+    sign_method: str = "total",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One module's merged update by ``method`` (one of :data:`ELEMENTWISE_METHODS`)."""
     w = torch.tensor(weights, dtype=taus[0].dtype)
     if method in ("ties", "magnitude_prune"):

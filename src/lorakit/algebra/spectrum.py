@@ -94,7 +94,7 @@ class Spectrum:
 
     @property
     def total_frobenius(self) -> float:
-        return sum(m.frobenius ** 2 for m in self.modules) ** 0.5
+        return sum(m.frobenius**2 for m in self.modules) ** 0.5
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -113,19 +113,30 @@ def module_spectrum(name: str, module: LowRank, suggest_energy: float) -> Module
     frobenius = float(S.norm())
     top = float(S[0]) if S.numel() else 0.0
     return ModuleSpectrum(
-        module=name, kind=module_kind(name), layer=layer_index(name, None), rank=module.rank, scale=module.scale,
-        shape=module.shape, frobenius=frobenius, singular_values=S.tolist(),
+        module=name,
+        kind=module_kind(name),
+        layer=layer_index(name, None),
+        rank=module.rank,
+        scale=module.scale,
+        shape=module.shape,
+        frobenius=frobenius,
+        singular_values=S.tolist(),
         effective_rank={f"{e:g}": rank_for_energy(S, e) for e in ENERGY_LEVELS},
-        stable_rank=frobenius ** 2 / top ** 2 if top > 0 else 0.0,
+        stable_rank=frobenius**2 / top**2 if top > 0 else 0.0,
         suggested_rank=max(rank_for_energy(S, suggest_energy), 1),
     )
 
 
 def _group(name: str, members: list[ModuleSpectrum]) -> Group:
     levels = members[0].effective_rank.keys()
-    return Group(name=name, modules=len(members), frobenius=sum(m.frobenius ** 2 for m in members) ** 0.5,
-                 mean_effective_rank={e: sum(m.effective_rank[e] for m in members) / len(members) for e in levels},
-                 rank=max(m.rank for m in members), suggested_rank=max(m.suggested_rank for m in members))
+    return Group(
+        name=name,
+        modules=len(members),
+        frobenius=sum(m.frobenius**2 for m in members) ** 0.5,
+        mean_effective_rank={e: sum(m.effective_rank[e] for m in members) / len(members) for e in levels},
+        rank=max(m.rank for m in members),
+        suggested_rank=max(m.suggested_rank for m in members),
+    )
 
 
 def inspect(source: str | Adapter, suggest_energy: float = 0.99) -> Spectrum:
@@ -134,9 +145,13 @@ def inspect(source: str | Adapter, suggest_energy: float = 0.99) -> Spectrum:
     modules = [module_spectrum(n, m, suggest_energy) for n, m in adapter.modules.items()]
     modules.sort(key=lambda m: (m.layer if m.layer is not None else -1, m.module))
     layers = sorted({m.layer for m in modules if m.layer is not None})
-    kinds = sorted({m.kind for m in modules}, key=lambda k: (KIND_ORDER.index(k) if k in KIND_ORDER else len(KIND_ORDER), k))
+    kinds = sorted(
+        {m.kind for m in modules}, key=lambda k: (KIND_ORDER.index(k) if k in KIND_ORDER else len(KIND_ORDER), k)
+    )
     return Spectrum(
-        path=str(adapter.path), suggest_energy=suggest_energy, modules=modules,
+        path=str(adapter.path),
+        suggest_energy=suggest_energy,
+        modules=modules,
         by_layer=[_group(str(i), [m for m in modules if m.layer == i]) for i in layers],
         by_kind=[_group(k, [m for m in modules if m.kind == k]) for k in kinds],
     )

@@ -28,8 +28,12 @@ def _targets(parents: list[Adapter], modules: list[str]) -> dict[str, Any]:
     selections = {(str(c.targets), str(c.layers), str(c.layers_pattern), str(c.exclude)) for c in configs}
     if len(selections) == 1:
         first = configs[0]
-        return {"targets": first.targets, "layers": first.layers, "layers_pattern": first.layers_pattern,
-                "exclude": first.exclude}
+        return {
+            "targets": first.targets,
+            "layers": first.layers,
+            "layers_pattern": first.layers_pattern,
+            "exclude": first.exclude,
+        }
     if all(isinstance(c.targets, list) and c.layers is None and c.exclude is None for c in configs):
         union = sorted({t for c in configs for t in c.targets})
         return {"targets": union, "layers": None, "layers_pattern": None, "exclude": None}
@@ -43,8 +47,16 @@ def output_dtype(parents: list[Adapter]) -> torch.dtype:
     return dtype
 
 
-def write(directory: str | Path, modules: dict[str, LowRank], parents: list[Adapter], lineage: dict[str, Any], *,
-          extras_from: Adapter | None = None, notes: list[str] | None = None, dtype: torch.dtype | None = None) -> Path:
+def write(
+    directory: str | Path,
+    modules: dict[str, LowRank],
+    parents: list[Adapter],
+    lineage: dict[str, Any],
+    *,
+    extras_from: Adapter | None = None,
+    notes: list[str] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Write ``modules`` as an adapter directory whose config and metadata derive from ``parents``.
 
     ``extras_from`` contributes its non-LoRA tensors (saved modules, biases) and the config fields naming them.
@@ -56,16 +68,22 @@ def write(directory: str | Path, modules: dict[str, LowRank], parents: list[Adap
     pattern = {name: m.rank for name, m in modules.items() if m.rank != r}
     template = (extras_from or parents[0]).files.config
     config = LoraConfig(
-        r=r, alpha=float(r), dropout=template.dropout, rank_pattern=pattern,
+        r=r,
+        alpha=float(r),
+        dropout=template.dropout,
+        rank_pattern=pattern,
         alpha_pattern={name: float(rank) for name, rank in pattern.items()},
         bias=extras_from.files.config.bias if extras_from else "none",
         modules_to_save=extras_from.files.config.modules_to_save if extras_from else None,
-        task_type=template.task_type, base_model_name_or_path=template.base_model_name_or_path,
+        task_type=template.task_type,
+        base_model_name_or_path=template.base_model_name_or_path,
         **_targets(parents, list(modules)),
     )
     tensors: dict[str, torch.Tensor] = {}
     for name, m in modules.items():
-        tensors[module_key(name, "A", m.kind)] = (m.A.double() * m.scale).to(dtype).contiguous()  # scale folded: α/r = 1
+        tensors[module_key(name, "A", m.kind)] = (
+            (m.A.double() * m.scale).to(dtype).contiguous()
+        )  # scale folded: α/r = 1
         tensors[module_key(name, "B", m.kind)] = m.B.to(dtype).contiguous()
     if extras_from is not None:
         tensors.update(extras_from.extras)

@@ -38,10 +38,14 @@ def _table(title: str, columns: list[str]):
 
 @app.command()
 def merge(
-    adapter: list[str] = typer.Argument(None, help="Adapter directories (or registry:name@version), each optionally PATH:WEIGHT."),
+    adapter: list[str] = typer.Argument(
+        None, help="Adapter directories (or registry:name@version), each optionally PATH:WEIGHT."
+    ),
     extra: list[str] = typer.Option([], "--adapter", help="Another adapter as PATH:WEIGHT (repeatable)."),
     out: Path = typer.Option(..., "--out", help="Directory for the merged transformers model."),
-    base: str = typer.Option(None, "--base", help="Base model name or directory (default: the one recorded in the adapter)."),
+    base: str = typer.Option(
+        None, "--base", help="Base model name or directory (default: the one recorded in the adapter)."
+    ),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 (float32), bf16 (bfloat16) or fp16 (float16)."),
     overwrite: bool = OVERWRITE,
 ) -> None:
@@ -52,7 +56,9 @@ def merge(
 
     specs = [parse_weighted(s) for s in [*(adapter or []), *extra]]
     if not specs:
-        raise ConfigError("name at least one adapter: lorakit merge ADAPTER --out DIR (or --adapter a:0.7 --adapter b:0.3)")
+        raise ConfigError(
+            "name at least one adapter: lorakit merge ADAPTER --out DIR (or --adapter a:0.7 --adapter b:0.3)"
+        )
     with phase("merge") as running:
         result = export_merged(specs, out, base=base, dtype=short)
         running.values = {"dtype": result.dtype, "adapters": len(specs)}
@@ -67,9 +73,15 @@ def combine(
     adapters: list[str] = typer.Argument(..., help="Adapter directories (or registry:name@version)."),
     out: Path = typer.Option(..., "--out", help="Directory for the combined adapter."),
     weights: str = typer.Option(None, "--weights", help="Comma-separated weights, one per adapter (default 1 each)."),
-    method: str = typer.Option("cat", "--method", help="cat, linear, svd, ties, dare_linear, dare_ties or magnitude_prune."),
-    rank: int = typer.Option(None, "--rank", help="Output rank for svd and the element-wise methods (default: the largest input rank)."),
-    density: float = typer.Option(None, "--density", help="Fraction of entries kept by ties, dare_* and magnitude_prune."),
+    method: str = typer.Option(
+        "cat", "--method", help="cat, linear, svd, ties, dare_linear, dare_ties or magnitude_prune."
+    ),
+    rank: int = typer.Option(
+        None, "--rank", help="Output rank for svd and the element-wise methods (default: the largest input rank)."
+    ),
+    density: float = typer.Option(
+        None, "--density", help="Fraction of entries kept by ties, dare_* and magnitude_prune."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random drops of dare_*."),
     sign: str = typer.Option("total", "--sign", help="TIES sign election: total or frequency."),
     overwrite: bool = OVERWRITE,
@@ -85,14 +97,18 @@ def combine(
         except ValueError:
             raise ConfigError(f"--weights must be comma-separated numbers, got {weights!r}") from None
     with phase("combine") as running:
-        result = run(adapters, out, weights=parsed, method=method, rank=rank, density=density, seed=seed, sign_method=sign)
+        result = run(
+            adapters, out, weights=parsed, method=method, rank=rank, density=density, seed=seed, sign_method=sign
+        )
         running.values = {"method": method, "modules": len(result.ranks)}
     ranks = sorted(set(result.ranks.values()))
     shown = str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}–{ranks[-1]}"
     typer.echo(f"{method}: {len(adapters)} adapters -> {result.path} ({len(result.ranks)} modules, rank {shown})")
     if result.kept_energy:
         worst = min(result.kept_energy, key=result.kept_energy.get)
-        typer.echo(f"rank truncation kept at least {result.kept_energy[worst]:.2%} of each module's energy (lowest: {worst})")
+        typer.echo(
+            f"rank truncation kept at least {result.kept_energy[worst]:.2%} of each module's energy (lowest: {worst})"
+        )
     for note in result.notes:
         typer.echo(f"note: {note}")
     _record(result.path)
@@ -119,24 +135,56 @@ def inspect(
         typer.echo(json.dumps(spectrum.to_dict(), indent=2))
         return
     console = _console()
-    table = _table(f"{spectrum.path}: per module", ["module", "r", "scale", "‖ΔW‖_F", "σ₁", "σ₂", "σ₃", "rank@90%",
-                                                    "rank@99%", "stable rank", f"suggest@{energy:g}"])
+    table = _table(
+        f"{spectrum.path}: per module",
+        [
+            "module",
+            "r",
+            "scale",
+            "‖ΔW‖_F",
+            "σ₁",
+            "σ₂",
+            "σ₃",
+            "rank@90%",
+            "rank@99%",
+            "stable rank",
+            f"suggest@{energy:g}",
+        ],
+    )
     for m in spectrum.modules:
         top = [f"{s:.3g}" for s in m.singular_values[:3]] + [""] * max(0, 3 - len(m.singular_values))
-        table.add_row(m.module, str(m.rank), f"{m.scale:g}", f"{m.frobenius:.4g}", *top, str(m.effective_rank["0.9"]),
-                      str(m.effective_rank["0.99"]), f"{m.stable_rank:.2f}", str(m.suggested_rank))
+        table.add_row(
+            m.module,
+            str(m.rank),
+            f"{m.scale:g}",
+            f"{m.frobenius:.4g}",
+            *top,
+            str(m.effective_rank["0.9"]),
+            str(m.effective_rank["0.99"]),
+            f"{m.stable_rank:.2f}",
+            str(m.suggested_rank),
+        )
     console.print(table)
     for title, groups in (("by layer", spectrum.by_layer), ("by module kind", spectrum.by_kind)):
         summary = _table(title, ["group", "modules", "‖ΔW‖_F", "mean rank@90%", "mean rank@99%", "max r", "suggest"])
         for g in groups:
-            summary.add_row(g.name, str(g.modules), f"{g.frobenius:.4g}", f"{g.mean_effective_rank['0.9']:.1f}",
-                            f"{g.mean_effective_rank['0.99']:.1f}", str(g.rank), str(g.suggested_rank))
+            summary.add_row(
+                g.name,
+                str(g.modules),
+                f"{g.frobenius:.4g}",
+                f"{g.mean_effective_rank['0.9']:.1f}",
+                f"{g.mean_effective_rank['0.99']:.1f}",
+                str(g.rank),
+                str(g.suggested_rank),
+            )
         console.print(summary)
     before = sum(m.rank for m in spectrum.modules)
     after = sum(m.suggested_rank for m in spectrum.modules)
-    console.print(f"{len(spectrum.modules)} modules, total ‖ΔW‖_F {spectrum.total_frobenius:.4g}; keeping {energy:.0%} "
-                  f"of each module's energy needs {after} of {before} rank units ({after / before:.0%}): "
-                  f"lorakit compress {adapter} --energy {energy:g} --out DIR")
+    console.print(
+        f"{len(spectrum.modules)} modules, total ‖ΔW‖_F {spectrum.total_frobenius:.4g}; keeping {energy:.0%} "
+        f"of each module's energy needs {after} of {before} rank units ({after / before:.0%}): "
+        f"lorakit compress {adapter} --energy {energy:g} --out DIR"
+    )
     if plot is not None:
         console.print(f"plot written to {plot}")
 
@@ -147,8 +195,12 @@ def compress(
     out: Path = typer.Option(..., "--out", help="Directory for the compressed adapter."),
     energy: float = typer.Option(None, "--energy", help="Energy each module keeps, e.g. 0.99."),
     rank: int = typer.Option(None, "--rank", help="Maximum rank of every module."),
-    base: str = typer.Option(None, "--base", help="Base for the output-change sample (default: the adapter's recorded base)."),
-    sample: bool = typer.Option(True, "--sample/--no-sample", help="Measure KL(original ‖ compressed) on sample prompts."),
+    base: str = typer.Option(
+        None, "--base", help="Base for the output-change sample (default: the adapter's recorded base)."
+    ),
+    sample: bool = typer.Option(
+        True, "--sample/--no-sample", help="Measure KL(original ‖ compressed) on sample prompts."
+    ),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Re-factor each module's ΔW at the smallest rank keeping the energy (or at a given rank)."""
@@ -174,9 +226,11 @@ def compress(
         table.add_row(m.module, f"{m.rank_before} → {m.rank_after}", f"{m.kept_energy:.4%}", f"{m.relative_error:.4f}")
     console.print(table)
     before, after = report.parameters
-    console.print(f"rank units {before} → {after}; adapter_model.safetensors {report.bytes_before / 1e6:.2f} MB → "
-                  f"{report.bytes_after / 1e6:.2f} MB ({report.bytes_after / report.bytes_before:.0%}); "
-                  f"largest relative error {report.max_relative_error:.4f}")
+    console.print(
+        f"rank units {before} → {after}; adapter_model.safetensors {report.bytes_before / 1e6:.2f} MB → "
+        f"{report.bytes_after / 1e6:.2f} MB ({report.bytes_after / report.bytes_before:.0%}); "
+        f"largest relative error {report.max_relative_error:.4f}"
+    )
     if model is not None:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -184,8 +238,10 @@ def compress(
         with phase("output change") as running:
             report.kl = output_kl(model, source.path, report.path, batch["input_ids"], batch["attention_mask"])
             running.values = {"KL": report.kl}
-        console.print(f"output change on {len(SAMPLE_PROMPTS)} sample prompts: mean KL(original ‖ compressed) = "
-                      f"{report.kl:.3g} nats/token")
+        console.print(
+            f"output change on {len(SAMPLE_PROMPTS)} sample prompts: mean KL(original ‖ compressed) = "
+            f"{report.kl:.3g} nats/token"
+        )
     _record(report.path)
 
 

@@ -16,8 +16,13 @@ from lorakit.cli import algebra, info, registry, serve, sweep, train
 from lorakit.cli import eval as eval_cli
 from lorakit.core.errors import LorakitError
 
-app = typer.Typer(name="lorakit", help="The whole life of a LoRA adapter: train, evaluate, inspect, merge, register, serve.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    name="lorakit",
+    help="The whole life of a LoRA adapter: train, evaluate, inspect, merge, register, serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 
 
 def _version(value: bool) -> None:
@@ -27,7 +32,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")) -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """lorakit: inject, train, evaluate, inspect, merge, register and serve LoRA adapters."""
 
 
@@ -47,7 +56,9 @@ def usage_line(err: Exception) -> str:
 
 def main() -> None:
     try:
-        code = app(prog_name="lorakit", standalone_mode=False)  # click returns typer.Exit's code instead of raising it here
+        code = app(
+            prog_name="lorakit", standalone_mode=False
+        )  # click returns typer.Exit's code instead of raising it here
     except LorakitError as err:
         typer.echo(f"error: {err}".replace("\n", " "), err=True)
         sys.exit(2)

@@ -14,7 +14,6 @@ from lorakit.core.errors import ConfigError
 app = typer.Typer()  # mounted by lorakit.cli.app
 
 
-
 def parse_adapter(text: str) -> tuple[str, str]:
     """``NAME=DIR`` (or ``NAME=registry:ref``), or a bare ``DIR`` named after its last path component."""
     name, sep, source = text.partition("=")
@@ -28,17 +27,29 @@ def parse_adapter(text: str) -> tuple[str, str]:
 
 @app.command("eval")
 def eval_command(
-        base: str = typer.Option("smollm2-135m-instruct", "--base", help="Base model: the default's name or a local directory."),
-        adapter: list[str] = typer.Option([], "--adapter", help="NAME=DIR (or NAME=registry:name@version); repeat to compare."),
-        data: Path = typer.Option(..., "--data", help="Evaluation rows: JSONL/CSV/Parquet (prompt or messages, reference)."),
-        task: Path = typer.Option(None, "--task", help="Task spec YAML (metrics, fields, schema, regex, max_new_tokens, …)."),
-        regression: str = typer.Option("default", "--regression", help="'default' (shipped sets), 'none', or a YAML naming "
-                                                                       "your prompts/text/choices files."),
-        max_drift: str = typer.Option(None, "--max-drift", help="Gate: KL threshold, or kl=…,ppl=…,mc=… ; exit 1 when an "
-                                                                "adapter exceeds one."),
-        out: Path = typer.Option(Path("runs/eval"), "--out", help="Directory for report.json and report.html."),
-        dtype: str = typer.Option("fp32", "--dtype", help="Compute dtype of the base: fp32 (float32) or bf16 (bfloat16)."),
-        as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the tables."),
+    base: str = typer.Option(
+        "smollm2-135m-instruct", "--base", help="Base model: the default's name or a local directory."
+    ),
+    adapter: list[str] = typer.Option(
+        [], "--adapter", help="NAME=DIR (or NAME=registry:name@version); repeat to compare."
+    ),
+    data: Path = typer.Option(
+        ..., "--data", help="Evaluation rows: JSONL/CSV/Parquet (prompt or messages, reference)."
+    ),
+    task: Path = typer.Option(
+        None, "--task", help="Task spec YAML (metrics, fields, schema, regex, max_new_tokens, …)."
+    ),
+    regression: str = typer.Option(
+        "default",
+        "--regression",
+        help="'default' (shipped sets), 'none', or a YAML naming your prompts/text/choices files.",
+    ),
+    max_drift: str = typer.Option(
+        None, "--max-drift", help="Gate: KL threshold, or kl=…,ppl=…,mc=… ; exit 1 when an adapter exceeds one."
+    ),
+    out: Path = typer.Option(Path("runs/eval"), "--out", help="Directory for report.json and report.html."),
+    dtype: str = typer.Option("fp32", "--dtype", help="Compute dtype of the base: fp32 (float32) or bf16 (bfloat16)."),
+    as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of the tables."),
 ) -> None:
     """Evaluate the base and each adapter: task metrics, regression against the base, report files, drift gate."""
     import torch
@@ -51,8 +62,16 @@ def eval_command(
     if len(adapters) != len(adapter):
         raise ConfigError("two --adapter options have the same NAME; give each adapter its own name")
     with phase("evaluation") as running:
-        report = evaluate(base, adapters, data, task=task, regression=regression, max_drift=max_drift,
-                          dtype=getattr(torch, dtype), log=lambda line: typer.echo(line, err=True))
+        report = evaluate(
+            base,
+            adapters,
+            data,
+            task=task,
+            regression=regression,
+            max_drift=max_drift,
+            dtype=getattr(torch, dtype),
+            log=lambda line: typer.echo(line, err=True),
+        )
         running.values = {"adapters": len(adapters), "gate": "passed" if report.passed else "failed"}
     report.write(out)
     _record_in_registry(report)
@@ -68,7 +87,11 @@ def _record_in_registry(report) -> None:
     """Append each registry-sourced adapter's finite metrics (task and regression) to its registry entry."""
     import math
 
-    refs = {name: source[len("registry:"):] for name, source in report.adapters.items() if str(source).startswith("registry:")}
+    refs = {
+        name: source[len("registry:") :]
+        for name, source in report.adapters.items()
+        if str(source).startswith("registry:")
+    }
     if not refs:
         return
     from lorakit.registry import Registry

@@ -51,7 +51,9 @@ def info() -> None:
     table.add_row("torch threads", str(torch.get_num_threads()))
     table.add_row("cuda", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available")
     speedup = bf16_speedup()
-    table.add_row("bf16 matmul vs fp32", f"{speedup:.1f}× ({'fast: bf16 autocast used' if speedup > 1.3 else 'slow: fp32 used'})")
+    table.add_row(
+        "bf16 matmul vs fp32", f"{speedup:.1f}× ({'fast: bf16 autocast used' if speedup > 1.3 else 'slow: fp32 used'})"
+    )
     table.add_row("LORAKIT_HOME", str(bases.lorakit_home()))
     cache = bases.default_cache_dir()
     state = f"cached at {cache}" if bases.default_is_cached() else "not cached (converted on first use, about 30 s)"

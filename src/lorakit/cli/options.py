@@ -10,8 +10,15 @@ from lorakit.core.errors import ConfigError
 
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace what the output directory holds (refused otherwise).")
 
-DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-          "fp16": "float16", "float16": "float16", "half": "float16"}
+DTYPES = {
+    "fp32": "float32",
+    "float32": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+}
 """Every accepted ``--dtype`` spelling → torch's name (short and long forms are both accepted everywhere)."""
 
 

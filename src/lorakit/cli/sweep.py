@@ -9,18 +9,23 @@ import typer
 app = typer.Typer()  # mounted by lorakit.cli.app
 
 
-
 @app.command()
-def sweep(file: Path = typer.Argument(..., help="Sweep YAML: config, space, objectives, budget, sampler (see README)."),
-          set_: list[str] = typer.Option([], "--set", help="Override a sweep key: --set config.train.max_steps=4, "
-                                                           "--set budget.trials=2 (repeatable)."),
-          storage: str = typer.Option(None, "--storage", help="Study database: a SQLite path or postgresql://… "
-                                                             "(default: OUTPUT/study.db)."),
-          resume: bool = typer.Option(False, "--resume", help="Continue the study: keep finished trials, re-run the "
-                                                              "one a killed run left."),
-          worker: bool = typer.Option(False, "--worker", help="Join the study (creating it if needed) beside other "
-                                                              "workers sharing --storage."),
-          progress: bool = typer.Option(False, "--progress/--no-progress", help="Show each trial's training bar.")) -> None:
+def sweep(
+    file: Path = typer.Argument(..., help="Sweep YAML: config, space, objectives, budget, sampler (see README)."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a sweep key: --set config.train.max_steps=4, --set budget.trials=2 (repeatable)."
+    ),
+    storage: str = typer.Option(
+        None, "--storage", help="Study database: a SQLite path or postgresql://… (default: OUTPUT/study.db)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the study: keep finished trials, re-run the one a killed run left."
+    ),
+    worker: bool = typer.Option(
+        False, "--worker", help="Join the study (creating it if needed) beside other workers sharing --storage."
+    ),
+    progress: bool = typer.Option(False, "--progress/--no-progress", help="Show each trial's training bar."),
+) -> None:
     """Train and evaluate one adapter per trial, register each, then write results.csv, pareto.png and report.html
     and promote the best trial (the Pareto set for several objectives)."""
     from rich.console import Console
@@ -55,8 +60,9 @@ def sweep(file: Path = typer.Argument(..., help="Sweep YAML: config, space, obje
             live.start()
         result = run_sweep(spec, mode=mode, on_trial=show, progress=progress)
     except KeyboardInterrupt:
-        typer.echo(f"interrupted; the running trial is queued again. Continue with: lorakit sweep {file} --resume",
-                   err=True)
+        typer.echo(
+            f"interrupted; the running trial is queued again. Continue with: lorakit sweep {file} --resume", err=True
+        )
         raise typer.Exit(130) from None
     finally:
         if live is not None:

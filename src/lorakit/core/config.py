@@ -17,11 +17,17 @@ from typing import Any
 from lorakit.core.errors import ConfigError
 from lorakit.core.names import rename_aliases, unknown_keys
 from lorakit.core.targeting import ALL_LINEAR, is_all_linear, pattern_value
+
 BIAS_MODES = ("none", "all", "lora_only")
 INIT_SCHEMES = ("default", "gaussian", "pissa", "olora")
 _PISSA_NITER = re.compile(r"^pissa_niter_(\d+)$")
-ALIASES = {"lora_alpha": "alpha", "target_modules": "targets", "lora_dropout": "dropout",
-           "exclude_modules": "exclude", "layers_to_transform": "layers"}
+ALIASES = {
+    "lora_alpha": "alpha",
+    "target_modules": "targets",
+    "lora_dropout": "dropout",
+    "exclude_modules": "exclude",
+    "layers_to_transform": "layers",
+}
 """PEFT's ``LoraConfig`` names accepted for lorakit's fields."""
 
 
@@ -84,7 +90,9 @@ class LoraConfig:
                 or a bad value.
         """
         if not isinstance(values, dict):
-            raise ConfigError(f"{prefix.rstrip('.') or 'lora'} must be a mapping of LoraConfig fields, got {type(values).__name__}")
+            raise ConfigError(
+                f"{prefix.rstrip('.') or 'lora'} must be a mapping of LoraConfig fields, got {type(values).__name__}"
+            )
         renamed = rename_aliases(values, ALIASES, prefix)
         problem = unknown_keys(renamed, [f.name for f in dataclasses.fields(cls)], prefix)
         if problem:
@@ -99,7 +107,11 @@ class LoraConfig:
         _check_alpha("alpha", self.alpha)
         for key, alpha in self.alpha_pattern.items():
             _check_alpha(f"alpha_pattern[{key!r}]", alpha)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, (int, float))
+            or not 0.0 <= self.dropout < 1.0
+        ):
             raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if isinstance(self.targets, str):
             if is_all_linear(self.targets):
@@ -107,11 +119,15 @@ class LoraConfig:
             else:
                 _check_regex("targets", self.targets)
                 if self.layers is not None or self.layers_pattern:
-                    raise ConfigError("layers / layers_to_transform and layers_pattern cannot be used with a regex "
-                                      "targets string (PEFT refuses it too): put the block index in the regex, or "
-                                      "give targets as a list of module names")
+                    raise ConfigError(
+                        "layers / layers_to_transform and layers_pattern cannot be used with a regex "
+                        "targets string (PEFT refuses it too): put the block index in the regex, or "
+                        "give targets as a list of module names"
+                    )
         elif not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-            raise ConfigError(f"targets must be 'all-linear', a regex string or a non-empty list of module names, got {self.targets!r}")
+            raise ConfigError(
+                f"targets must be 'all-linear', a regex string or a non-empty list of module names, got {self.targets!r}"
+            )
         else:
             self.targets = list(self.targets)
         if isinstance(self.exclude, str):
@@ -120,13 +136,16 @@ class LoraConfig:
             if isinstance(self.layers, int):
                 self.layers = [self.layers]
             if not isinstance(self.layers, (list, tuple)) or not all(
-                    isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers):
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers
+            ):
                 raise ConfigError(f"layers must be a list of non-negative block indices, got {self.layers!r}")
             self.layers = list(self.layers)
         if self.layers_pattern is not None:
             names = [self.layers_pattern] if isinstance(self.layers_pattern, str) else self.layers_pattern
             if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-                raise ConfigError(f"layers_pattern must be a module-list name or a list of them, got {self.layers_pattern!r}")
+                raise ConfigError(
+                    f"layers_pattern must be a module-list name or a list of them, got {self.layers_pattern!r}"
+                )
             if not isinstance(self.layers_pattern, str):
                 self.layers_pattern = list(self.layers_pattern)
         for field_name in ("rank_pattern", "alpha_pattern"):

@@ -32,7 +32,9 @@ def _resolve(model: nn.Module, names: str | list[str] | None) -> list[str]:
     known = adapter_state(model).configs
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise AdapterStateError(f"no adapter named {', '.join(map(repr, unknown))}; the model has {list(known) or 'none'}")
+        raise AdapterStateError(
+            f"no adapter named {', '.join(map(repr, unknown))}; the model has {list(known) or 'none'}"
+        )
     if not names:
         raise AdapterStateError("no adapter to merge: none is active and none was named")
     return names
@@ -45,8 +47,9 @@ def _in_forward_order(model: nn.Module, names: list[str]) -> list[str]:
     return [n for n in active if n in names] + [n for n in names if n not in active]
 
 
-def merge(model: nn.Module, names: str | list[str] | None = None, *, safe: bool = True,
-          requantize: bool = False) -> nn.Module:
+def merge(
+    model: nn.Module, names: str | list[str] | None = None, *, safe: bool = True, requantize: bool = False
+) -> nn.Module:
     """Fold adapters ``names`` (default: the active ones) into the base weights.
 
     Merging an adapter that is already merged raises; with ``safe`` a merge that would produce NaN/inf
@@ -153,7 +156,9 @@ def _refuse_split_ties(model: nn.Module, names: list[str]) -> None:
     the output head, whose tie the config flag controls) are left sharing the old matrix, saving writes it once
     and transformers ties it back to the adapted one on load. Target every holder, or keep the adapter unmerged.
     """
-    adapted = {id(layer.base_layer): path for path, layer in lora_layers(model) if any(n in layer.lora_A for n in names)}
+    adapted = {
+        id(layer.base_layer): path for path, layer in lora_layers(model) if any(n in layer.lora_A for n in names)
+    }
     holders: dict[int, list[tuple[str, nn.Module]]] = {}
     for path, module in model.named_modules():
         weight = module._parameters.get("weight")
@@ -162,11 +167,15 @@ def _refuse_split_ties(model: nn.Module, names: list[str]) -> None:
     head = output_head(model)
     for group in holders.values():
         touched = [adapted[id(m)] for _, m in group if id(m) in adapted]
-        left = [path for path, m in group if id(m) not in adapted and m is not head and not path.endswith(".base_layer")]
+        left = [
+            path for path, m in group if id(m) not in adapted and m is not head and not path.endswith(".base_layer")
+        ]
         if touched and len(left) >= 2:
-            raise MergeError(f"layer {touched[0]}: its weight is shared with {', '.join(left)}; merged, a saved model would "
-                             f"reload with {touched[0]} tied back to them (wrong weights). Target every module sharing it "
-                             f"or keep the adapter unmerged")
+            raise MergeError(
+                f"layer {touched[0]}: its weight is shared with {', '.join(left)}; merged, a saved model would "
+                f"reload with {touched[0]} tied back to them (wrong weights). Target every module sharing it "
+                f"or keep the adapter unmerged"
+            )
 
 
 def unload(model: nn.Module) -> nn.Module:

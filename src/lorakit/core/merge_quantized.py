@@ -31,8 +31,10 @@ class QuantMergeReport:
 
     def __str__(self) -> str:
         form = "re-quantised" if self.requantized else "kept in float"
-        return (f"merged into {self.quantized_layers} quantised layers ({form}): max |Δlogit| {self.max_abs_logit_delta:.4g}, "
-                f"mean KL {self.mean_kl:.3g} nats/token")
+        return (
+            f"merged into {self.quantized_layers} quantised layers ({form}): max |Δlogit| {self.max_abs_logit_delta:.4g}, "
+            f"mean KL {self.mean_kl:.3g} nats/token"
+        )
 
 
 def sample_batch(model: nn.Module, batch: int = 2, length: int = 32, seed: int = 0) -> torch.Tensor:
@@ -47,8 +49,14 @@ def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids).logits.float()  # (batch, length, vocab)
 
 
-def merge_quantized(model: nn.Module, names: str | list[str] | None = None, *, requantize: bool = False,
-                    sample: torch.Tensor | None = None, safe: bool = True) -> QuantMergeReport:
+def merge_quantized(
+    model: nn.Module,
+    names: str | list[str] | None = None,
+    *,
+    requantize: bool = False,
+    sample: torch.Tensor | None = None,
+    safe: bool = True,
+) -> QuantMergeReport:
     """Merge ``names`` (default: the active adapters) into ``model`` and report the change on ``sample``
     (token ids; default :func:`sample_batch`)."""
     ids = sample_batch(model) if sample is None else sample

@@ -54,7 +54,9 @@ def _adapter_modules(model: nn.Module) -> Iterator[LoraLayer | ModulesToSave]:
             yield module
 
 
-def inject(model: nn.Module, config: LoraConfig, name: str = "default", *, dtype: torch.dtype | None = None) -> nn.Module:
+def inject(
+    model: nn.Module, config: LoraConfig, name: str = "default", *, dtype: torch.dtype | None = None
+) -> nn.Module:
     """Add adapter ``name`` to every module ``config`` targets, in place; returns ``model``.
 
     The base is frozen; the new adapter's parameters (and the biases or saved modules ``config`` names)
@@ -71,21 +73,27 @@ def inject(model: nn.Module, config: LoraConfig, name: str = "default", *, dtype
     """
     state = adapter_state(model)
     if name in state.configs:
-        raise AdapterStateError(f"adapter {name!r} already exists; delete_adapter(model, {name!r}) first or choose another name")
+        raise AdapterStateError(
+            f"adapter {name!r} already exists; delete_adapter(model, {name!r}) first or choose another name"
+        )
     check_adapter_name(name, model)
     targets = find_targets(model, config)
     saved = find_saved_modules(model, config)
     kinds = {t: LAYER_TYPES[layer_kind(model.get_submodule(t))] for t in targets}
     if config.use_dora and LoraEmbedding in kinds.values():
         first = next(t for t, k in kinds.items() if k is LoraEmbedding)
-        raise ConfigError(f"use_dora applies to linear layers; target {first!r} is an embedding: exclude it or turn DoRA off")
+        raise ConfigError(
+            f"use_dora applies to linear layers; target {first!r} is an embedding: exclude it or turn DoRA off"
+        )
     rewrites_base = config.init not in ("default", "gaussian")  # PiSSA/OLoRA leave the residual in W₀
     keep = [unwrap(model.get_submodule(t)).weight for t in targets] if rewrites_base else []
     with all_or_nothing(model, keep):
         if rewrites_base:
             model.__dict__["lorakit_fingerprint"] = fingerprint(model)  # keep the original base's
         if not state.configs:
-            state.original_requires_grad = {n: p.requires_grad for n, p in model.named_parameters(remove_duplicate=False)}
+            state.original_requires_grad = {
+                n: p.requires_grad for n, p in model.named_parameters(remove_duplicate=False)
+            }
             for p in model.parameters():
                 p.requires_grad_(False)
         for target in targets:
@@ -139,7 +147,9 @@ def set_active(model: nn.Module, names: str | list[str] | tuple[str, ...]) -> No
     state = adapter_state(model)
     unknown = [n for n in names if n not in state.configs]
     if unknown:
-        raise AdapterStateError(f"no adapter named {', '.join(map(repr, unknown))}; the model has {adapter_names(model) or 'none'}")
+        raise AdapterStateError(
+            f"no adapter named {', '.join(map(repr, unknown))}; the model has {adapter_names(model) or 'none'}"
+        )
     state.active = names
     for module in _adapter_modules(model):
         module.set_active(names)
@@ -174,7 +184,9 @@ def row_adapters(model: nn.Module, names: list[str | None]) -> Iterator[nn.Modul
     known = adapter_state(model).configs
     unknown = sorted({n for n in names if n is not None and n not in known})
     if unknown:
-        raise AdapterStateError(f"no adapter named {', '.join(map(repr, unknown))}; the model has {list(known) or 'none'}")
+        raise AdapterStateError(
+            f"no adapter named {', '.join(map(repr, unknown))}; the model has {list(known) or 'none'}"
+        )
     layers = [layer for _, layer in lora_layers(model)]
     device = next(model.parameters()).device
     routing = RowRouting(names, device)
@@ -199,8 +211,10 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         raise AdapterStateError(f"no adapter named {name!r}; the model has {adapter_names(model) or 'none'}")
     merged_in = [path for path, layer in lora_layers(model) if name in layer.merged]
     if merged_in:
-        raise AdapterStateError(f"adapter {name!r} is merged into {merged_in[0]} (and {len(merged_in) - 1} more layers); "
-                                "call lk.unmerge(model) before deleting it")
+        raise AdapterStateError(
+            f"adapter {name!r} is merged into {merged_in[0]} (and {len(merged_in) - 1} more layers); "
+            "call lk.unmerge(model) before deleting it"
+        )
     for module in _adapter_modules(model):
         module.delete_adapter(name)
     del state.configs[name]

@@ -32,8 +32,9 @@ def rename_aliases(values: Mapping[str, Any], aliases: Mapping[str, str], prefix
     for key, value in values.items():
         name = aliases.get(key, key)
         if name in out:
-            raise ConfigError(f"{prefix}{given_as[name]} and {prefix}{key} are the same setting ({prefix}{name}); "
-                              "give it once")
+            raise ConfigError(
+                f"{prefix}{given_as[name]} and {prefix}{key} are the same setting ({prefix}{name}); give it once"
+            )
         out[name], given_as[name] = value, key
     return out
 
@@ -45,5 +46,7 @@ def unknown_keys(keys: Iterable[str], valid: Iterable[str], prefix: str = "") ->
     if not unknown:
         return None
     named = ", ".join(f"{prefix}{k}{did_you_mean(k, valid)}" for k in unknown)
-    return f"unknown key{'s' if len(unknown) > 1 else ''} {named}; valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: " \
-           f"{', '.join(valid)}"
+    return (
+        f"unknown key{'s' if len(unknown) > 1 else ''} {named}; valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
+        f"{', '.join(valid)}"
+    )

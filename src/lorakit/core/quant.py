@@ -60,11 +60,18 @@ def quantize_model(model: nn.Module, kind: str, *, compute_dtype: torch.dtype | 
     head = output_head(model)
     device = next(model.parameters()).device
     if kind == "int8" and device.type not in ("cpu", "cuda", "xpu"):
-        raise ConfigError(f"int8 (LLM.int8) is not supported by bitsandbytes on {device.type}; use nf4 or no quantisation")
+        raise ConfigError(
+            f"int8 (LLM.int8) is not supported by bitsandbytes on {device.type}; use nf4 or no quantisation"
+        )
     dtype = compute_dtype or compute_dtype_for(device)
-    targets = [(name, m) for name, m in model.named_modules()
-               if type(m) is nn.Linear and m is not head and m.weight.dtype.is_floating_point
-               and not any(part in f".{name}." for part in (".modules_to_save.", ".original_module."))]
+    targets = [
+        (name, m)
+        for name, m in model.named_modules()
+        if type(m) is nn.Linear
+        and m is not head
+        and m.weight.dtype.is_floating_point
+        and not any(part in f".{name}." for part in (".modules_to_save.", ".original_module."))
+    ]
     for name, linear in targets:
         quantised = _nf4(linear, dtype) if kind == "nf4" else _int8(linear)
         quantised.train(linear.training)  # the new layer keeps the train/eval mode of the one it replaces
@@ -76,13 +83,26 @@ def quantize_model(model: nn.Module, kind: str, *, compute_dtype: torch.dtype | 
 
 def _nf4(linear: nn.Linear, compute_dtype: torch.dtype) -> nn.Module:
     bnb = _bnb()
-    layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                              compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4", device="meta")
+    layer = bnb.nn.Linear4bit(
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        compute_dtype=compute_dtype,
+        compress_statistics=True,
+        quant_type="nf4",
+        device="meta",
+    )
     # bitsandbytes repacks CPU weights for its AVX512 inference kernel on the first no-grad forward, dropping
     # double quantisation and changing the numerics between eval and training; keep one format throughout.
     layer.support_avx512bf16_for_cpu = False
-    layer.weight = bnb.nn.Params4bit(linear.weight.data.float().contiguous(), requires_grad=False, compress_statistics=True,
-                                     quant_type="nf4", blocksize=NF4_BLOCKSIZE, module=layer).to(linear.weight.device)
+    layer.weight = bnb.nn.Params4bit(
+        linear.weight.data.float().contiguous(),
+        requires_grad=False,
+        compress_statistics=True,
+        quant_type="nf4",
+        blocksize=NF4_BLOCKSIZE,
+        module=layer,
+    ).to(linear.weight.device)
     if linear.bias is not None:
         layer.bias = nn.Parameter(linear.bias.data.clone(), requires_grad=False)
     layer.lorakit_float_dtype = linear.weight.dtype
@@ -91,9 +111,17 @@ def _nf4(linear: nn.Linear, compute_dtype: torch.dtype) -> nn.Module:
 
 def _int8(linear: nn.Linear) -> nn.Module:
     bnb = _bnb()
-    layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                has_fp16_weights=False, threshold=6.0, device="meta")
-    layer.weight = bnb.nn.Int8Params(linear.weight.data.float().contiguous(), requires_grad=False, has_fp16_weights=False)
+    layer = bnb.nn.Linear8bitLt(
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        has_fp16_weights=False,
+        threshold=6.0,
+        device="meta",
+    )
+    layer.weight = bnb.nn.Int8Params(
+        linear.weight.data.float().contiguous(), requires_grad=False, has_fp16_weights=False
+    )
     if linear.bias is not None:
         layer.bias = nn.Parameter(linear.bias.data.clone(), requires_grad=False)
     layer.lorakit_float_dtype = linear.weight.dtype
@@ -121,10 +149,18 @@ def set_weight(module: nn.Module, weight: torch.Tensor) -> None:
     device = weight.device if module.weight.device.type == "meta" else module.weight.device
     if name == "Linear4bit":
         state = module.weight.quant_state
-        module.weight = bnb.nn.Params4bit(weight.float().contiguous(), requires_grad=False, compress_statistics=state.nested,
-                                          quant_type=state.quant_type, blocksize=state.blocksize, module=module).to(device)
+        module.weight = bnb.nn.Params4bit(
+            weight.float().contiguous(),
+            requires_grad=False,
+            compress_statistics=state.nested,
+            quant_type=state.quant_type,
+            blocksize=state.blocksize,
+            module=module,
+        ).to(device)
     elif name == "Linear8bitLt":
-        module.weight = bnb.nn.Int8Params(weight.float().contiguous().cpu(), requires_grad=False, has_fp16_weights=False)
+        module.weight = bnb.nn.Int8Params(
+            weight.float().contiguous().cpu(), requires_grad=False, has_fp16_weights=False
+        )
         module.state.SCB = None
         module.to(device)
     else:

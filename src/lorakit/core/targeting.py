@@ -40,8 +40,22 @@ from lorakit.core.modules import Wrapper, is_linear, output_head, unwrap
 if TYPE_CHECKING:
     from lorakit.core.config import LoraConfig
 
-__all__ = ["ALL_LINEAR", "Resolution", "find_saved_modules", "find_targets", "is_adaptable", "is_linear",
-           "conv_refusal", "layer_index", "layer_kind", "logical_modules", "name_matches", "pattern_key", "resolve", "unwrap"]
+__all__ = [
+    "ALL_LINEAR",
+    "Resolution",
+    "find_saved_modules",
+    "find_targets",
+    "is_adaptable",
+    "is_linear",
+    "conv_refusal",
+    "layer_index",
+    "layer_kind",
+    "logical_modules",
+    "name_matches",
+    "pattern_key",
+    "resolve",
+    "unwrap",
+]
 
 ALL_LINEAR = "all-linear"
 SEQ_CLS_HEADS = ("classifier", "score")  # PEFT saves these for task_type SEQ_CLS, whichever the model has
@@ -83,11 +97,15 @@ def _check_supported(name: str, kind: str, module: nn.Module, config: LoraConfig
         if refusal:
             raise ConfigError(f"target {name!r}: lorakit cannot adapt a convolution with {refusal}; exclude it")
     if kind != "linear" and config.use_dora:
-        raise ConfigError(f"target {name!r} is {'an embedding' if kind == 'embedding' else 'a convolution'}: lorakit's DoRA adapts linear layers only; exclude it "
-                          "or turn use_dora off")
+        raise ConfigError(
+            f"target {name!r} is {'an embedding' if kind == 'embedding' else 'a convolution'}: lorakit's DoRA adapts linear layers only; exclude it "
+            "or turn use_dora off"
+        )
     if kind == "conv" and config.init not in ("default", "gaussian"):
-        raise ConfigError(f"target {name!r} is a convolution: init {config.init!r} is for linear layers; exclude it "
-                          "or use init default/gaussian")
+        raise ConfigError(
+            f"target {name!r} is a convolution: init {config.init!r} is for linear layers; exclude it "
+            "or use init default/gaussian"
+        )
 
 
 def is_adaptable(module: nn.Module) -> bool:
@@ -189,13 +207,16 @@ def resolve(model: nn.Module, config: LoraConfig) -> Resolution:
             raise ConfigError(
                 f"target {name!r} is a {type(unwrap(module)).__name__}; lorakit adapts Linear, Conv1D, Conv1d/2d/3d "
                 "and Embedding layers (fused expert parameters and other modules are not supported) — target the "
-                "layers inside it, or exclude it")
+                "layers inside it, or exclude it"
+            )
         _check_supported(name, kind, module, config)
         targets[name] = kind
     overlap = [name for name in saved if name in targets]
     if overlap:
-        raise ConfigError(f"modules_to_save entry matches {overlap[0]!r}, which is also a LoRA target; "
-                          "a module is either adapted or saved in full, not both")
+        raise ConfigError(
+            f"modules_to_save entry matches {overlap[0]!r}, which is also a LoRA target; "
+            "a module is either adapted or saved in full, not both"
+        )
     if not targets:
         raise TargetNotFoundError(_no_match_message(model, config))
     return Resolution(targets, saved)
@@ -232,12 +253,17 @@ _FUSED_EXPERT_PARAMS = ("gate_up_proj", "down_proj", "gate_proj", "up_proj")
 
 
 def _all_linear_names(model: nn.Module, config: LoraConfig) -> set[str]:
-    fused = [name for name, module in logical_modules(model)
-             if any(p.dim() == 3 and pname in _FUSED_EXPERT_PARAMS for pname, p in module.named_parameters(recurse=False))]
+    fused = [
+        name
+        for name, module in logical_modules(model)
+        if any(p.dim() == 3 and pname in _FUSED_EXPERT_PARAMS for pname, p in module.named_parameters(recurse=False))
+    ]
     if fused:
-        raise ConfigError(f"targets 'all-linear': {fused[0]} holds fused expert weights as parameters, which PEFT's "
-                          "all-linear adapts (through target_parameters) and lorakit cannot; list the modules to adapt "
-                          "instead (e.g. targets=['q_proj', 'k_proj', 'v_proj', 'o_proj'])")
+        raise ConfigError(
+            f"targets 'all-linear': {fused[0]} holds fused expert weights as parameters, which PEFT's "
+            "all-linear adapts (through target_parameters) and lorakit cannot; list the modules to adapt "
+            "instead (e.g. targets=['q_proj', 'k_proj', 'v_proj', 'o_proj'])"
+        )
     names = {name for name, module in logical_modules(model) if is_linear(unwrap(module))}
     head = output_head(model)
     if head is not None:

@@ -26,8 +26,11 @@ def all_or_nothing(model: nn.Module, keep: Iterable[torch.Tensor] = ()) -> Itera
     weight PiSSA rewrites or a bias a file sets; copied on entry, so pass only what the block may write).
     """
     children = {module: dict(module._modules) for module in model.modules()}
-    wrappers = {module: (set(module.adapter_names), tuple(module.active))
-                for module in model.modules() if isinstance(module, Wrapper) and hasattr(module, "adapter_names")}
+    wrappers = {
+        module: (set(module.adapter_names), tuple(module.active))
+        for module in model.modules()
+        if isinstance(module, Wrapper) and hasattr(module, "adapter_names")
+    }
     trainable = {p: p.requires_grad for p in model.parameters()}
     state = {key: _copy(model.__dict__[key]) for key in _MODEL_KEYS if key in model.__dict__}
     kept = [(t, t.detach().clone()) for t in keep]

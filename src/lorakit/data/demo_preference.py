@@ -52,8 +52,9 @@ def make_demo_preferences(n_train: int = 256, n_test: int = 64, seed: int = 0) -
     """Pairs for the demo task's train messages and, for the test split, its held-out messages."""
     task = make_demo_task(n_train, 0, n_test, seed=seed)
     rng = random.Random(seed + 1)
-    return DemoPreferences([_pair(r, i, rng) for i, r in enumerate(task.train)],
-                           [_pair(r, i, rng) for i, r in enumerate(task.test)])
+    return DemoPreferences(
+        [_pair(r, i, rng) for i, r in enumerate(task.train)], [_pair(r, i, rng) for i, r in enumerate(task.test)]
+    )
 
 
 def _pair(row: dict, index: int, rng: random.Random) -> dict:

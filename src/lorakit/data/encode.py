@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lorakit.core.errors import DataError
 from lorakit.data.formats import Example, detect_format, to_example
 from lorakit.data.load import Row, RowSet
-from lorakit.core.errors import DataError
 
 IGNORE = -100
 
@@ -56,8 +56,15 @@ class EncodedData:
         return sum(e.target_count for e in self.examples)
 
 
-def encode_rows(rowset: RowSet, tokenizer, fmt: str | None, max_length: int, *, train_on_prompt: bool = False,
-                skip_bad_lines: bool = False) -> EncodedData:
+def encode_rows(
+    rowset: RowSet,
+    tokenizer,
+    fmt: str | None,
+    max_length: int,
+    *,
+    train_on_prompt: bool = False,
+    skip_bad_lines: bool = False,
+) -> EncodedData:
     """Check every row against ``fmt`` and tokenize it; with ``skip_bad_lines`` rows that do not fit are counted.
 
     ``fmt=None`` detects the format from the rows' keys (:func:`~lorakit.data.formats.detect_format`).
@@ -68,8 +75,14 @@ def encode_rows(rowset: RowSet, tokenizer, fmt: str | None, max_length: int, *, 
             ``max_length`` left no label token in the whole dataset.
     """
     fmt = fmt or detect_format(rowset)
-    data = EncodedData([], rowset.source, rowset.sha256, skipped=list(rowset.skipped), rows=len(rowset) + len(rowset.skipped),
-                       format=fmt)
+    data = EncodedData(
+        [],
+        rowset.source,
+        rowset.sha256,
+        skipped=list(rowset.skipped),
+        rows=len(rowset) + len(rowset.skipped),
+        format=fmt,
+    )
     for row in rowset.rows:
         try:
             example = to_example(row, fmt)
@@ -85,14 +98,17 @@ def encode_rows(rowset: RowSet, tokenizer, fmt: str | None, max_length: int, *, 
     if not data.examples:
         raise DataError(f"{rowset.source}: no usable rows ({len(data.skipped)} skipped, first: {data.skipped[:1]})")
     if data.target_tokens == 0:
-        raise DataError(f"{rowset.source}: no label (response) tokens left to train on: {data.unlabelled} of "
-                        f"{len(data)} rows lost all their labels to truncation at data.max_length={max_length} "
-                        "tokens; raise data.max_length or shorten the prompts")
+        raise DataError(
+            f"{rowset.source}: no label (response) tokens left to train on: {data.unlabelled} of "
+            f"{len(data)} rows lost all their labels to truncation at data.max_length={max_length} "
+            "tokens; raise data.max_length or shorten the prompts"
+        )
     return data
 
 
-def encode_example(example: Example, tokenizer, max_length: int, *, train_on_prompt: bool = False,
-                   row: Row | None = None) -> tuple[Encoded, bool]:
+def encode_example(
+    example: Example, tokenizer, max_length: int, *, train_on_prompt: bool = False, row: Row | None = None
+) -> tuple[Encoded, bool]:
     """``(Encoded, truncated)`` for one example."""
     if example.messages is not None:
         ids, labels = _encode_chat(example.messages, tokenizer, row)
@@ -120,13 +136,17 @@ def _encode_chat(messages: list[dict[str, str]], tokenizer, row: Row | None) -> 
         before = _render(tokenizer, messages[:i], generation_prompt=True) if i else ""
         through = _render(tokenizer, messages[: i + 1])
         if not through.startswith(before) or not text.startswith(through):
-            raise DataError(f"{where}: the tokenizer's chat template renders a conversation differently from its "
-                            "prefixes, so responses cannot be located; use data.format: completion")
+            raise DataError(
+                f"{where}: the tokenizer's chat template renders a conversation differently from its "
+                "prefixes, so responses cannot be located; use data.format: completion"
+            )
         spans.append((len(before), len(through)))
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoding["input_ids"])
-    labels = [token if any(lo <= start < hi for lo, hi in spans) else IGNORE
-              for token, (start, _end) in zip(ids, encoding["offset_mapping"])]
+    labels = [
+        token if any(lo <= start < hi for lo, hi in spans) else IGNORE
+        for token, (start, _end) in zip(ids, encoding["offset_mapping"])
+    ]
     return ids, labels
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lorakit.data.load import Row, RowSet
 from lorakit.core.errors import DataError
+from lorakit.data.load import Row, RowSet
 
 FORMATS = ("chat", "instruction", "completion")
 ROLES = ("system", "user", "assistant", "tool")
@@ -48,8 +48,10 @@ def detect_format(rowset: RowSet) -> str:
     first = guess_format(rowset.rows[0].data)
     odd = next(row for row in rowset.rows if first is None or guess_format(row.data) != first)
     needs = "; ".join(f"{name}: {', '.join(keys)}" for name, keys in _KEYS.items())
-    raise DataError(f"{odd.where}: cannot tell the data format from keys {', '.join(sorted(map(str, odd.data))) or 'none'} "
-                    f"(rows need the keys of one format — {needs}); fix the rows or set data.format")
+    raise DataError(
+        f"{odd.where}: cannot tell the data format from keys {', '.join(sorted(map(str, odd.data))) or 'none'} "
+        f"(rows need the keys of one format — {needs}); fix the rows or set data.format"
+    )
 
 
 def to_example(row: Row, fmt: str) -> Example:
@@ -61,8 +63,10 @@ def to_example(row: Row, fmt: str) -> Example:
     if missing:
         guess = guess_format(data)
         hint = f"; it looks like the {guess!r} format: set data.format: {guess}" if guess else ""
-        raise DataError(f"{row.where}: format {fmt!r} needs key(s) {', '.join(missing)}; the row has "
-                        f"{', '.join(sorted(map(str, data))) or 'no keys'}{hint}")
+        raise DataError(
+            f"{row.where}: format {fmt!r} needs key(s) {', '.join(missing)}; the row has "
+            f"{', '.join(sorted(map(str, data))) or 'no keys'}{hint}"
+        )
     if fmt == "chat":
         return Example(messages=_messages(row))
     if fmt == "instruction":
@@ -71,7 +75,9 @@ def to_example(row: Row, fmt: str) -> Example:
         if not isinstance(extra, str):
             raise DataError(f"{row.where}: 'input' must be a string, got {type(extra).__name__}")
         user = f"{instruction}\n\n{extra}" if extra else instruction
-        return Example(messages=[{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, "output")}])
+        return Example(
+            messages=[{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, "output")}]
+        )
     return Example(prompt=_text(row, "prompt", allow_empty=True), completion=_text(row, "completion"))
 
 
@@ -89,10 +95,18 @@ def _messages(row: Row) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{row.where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or message.get("role") not in ROLES:
-            raise DataError(f"{row.where}: messages[{i}] must be {{'role': one of {', '.join(ROLES)}, 'content': str}}, "
-                            f"got {str(message)[:80]}")
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("content"), str)
+            or message.get("role") not in ROLES
+        ):
+            raise DataError(
+                f"{row.where}: messages[{i}] must be {{'role': one of {', '.join(ROLES)}, 'content': str}}, "
+                f"got {str(message)[:80]}"
+            )
     if not any(m["role"] == "assistant" for m in messages):
-        raise DataError(f"{row.where}: no assistant message, so nothing to learn; add the expected response as "
-                        "{'role': 'assistant', 'content': ...}")
+        raise DataError(
+            f"{row.where}: no assistant message, so nothing to learn; add the expected response as "
+            "{'role': 'assistant', 'content': ...}"
+        )
     return [{"role": m["role"], "content": m["content"]} for m in messages]

@@ -56,8 +56,11 @@ def load_rows(source: Any, *, skip_bad_lines: bool = False) -> RowSet:
     if isinstance(source, (str, Path)):
         rowset = _load_file(Path(source), skip_bad_lines)
     elif hasattr(source, "column_names") and hasattr(source, "__getitem__"):
-        rowset = RowSet([Row(dict(item), "<dataset>", i + 1) for i, item in enumerate(source)], "<dataset>",
-                        getattr(source, "_fingerprint", None))
+        rowset = RowSet(
+            [Row(dict(item), "<dataset>", i + 1) for i, item in enumerate(source)],
+            "<dataset>",
+            getattr(source, "_fingerprint", None),
+        )
     elif isinstance(source, list):
         rows = []
         for i, item in enumerate(source):
@@ -66,8 +69,10 @@ def load_rows(source: Any, *, skip_bad_lines: bool = False) -> RowSet:
             rows.append(Row(item, "<list>", i + 1))
         rowset = RowSet(rows, "<list>")
     else:
-        raise DataError(f"cannot read training data from a {type(source).__name__}: give a .jsonl/.csv/.parquet path "
-                        "or a datasets.Dataset")
+        raise DataError(
+            f"cannot read training data from a {type(source).__name__}: give a .jsonl/.csv/.parquet path "
+            "or a datasets.Dataset"
+        )
     if not rowset.rows:
         raise DataError(f"{rowset.source}: the dataset is empty (no rows)")
     return rowset

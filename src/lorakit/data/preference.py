@@ -58,8 +58,9 @@ def encode_preferences(rowset: RowSet, tokenizer, max_length: int, *, skip_bad_l
 
     Raises :class:`DataError` (``file:line: ...``) for a row that is not a preference pair, and when no row is usable.
     """
-    data = PreferenceData([], rowset.source, rowset.sha256, skipped=list(rowset.skipped),
-                          rows=len(rowset) + len(rowset.skipped))
+    data = PreferenceData(
+        [], rowset.source, rowset.sha256, skipped=list(rowset.skipped), rows=len(rowset) + len(rowset.skipped)
+    )
     for row in rowset.rows:
         try:
             pair, truncated = encode_pair(row, tokenizer, max_length)
@@ -71,7 +72,9 @@ def encode_preferences(rowset: RowSet, tokenizer, max_length: int, *, skip_bad_l
         data.examples.append(pair)
         data.truncated += truncated
     if not data.examples:
-        raise DataError(f"{rowset.source}: no usable preference rows ({len(data.skipped)} skipped, first: {data.skipped[:1]})")
+        raise DataError(
+            f"{rowset.source}: no usable preference rows ({len(data.skipped)} skipped, first: {data.skipped[:1]})"
+        )
     return data
 
 
@@ -79,13 +82,16 @@ def encode_pair(row: Row, tokenizer, max_length: int) -> tuple[PreferencePair, b
     """``(pair, truncated)`` for one row; a response cut away entirely by ``max_length`` is a :class:`DataError`."""
     missing = [k for k in KEYS if k not in row.data]
     if missing:
-        raise DataError(f"{row.where}: a preference row needs keys prompt, chosen, rejected; missing "
-                        f"{', '.join(missing)} (the row has {', '.join(sorted(map(str, row.data))) or 'no keys'})")
+        raise DataError(
+            f"{row.where}: a preference row needs keys prompt, chosen, rejected; missing "
+            f"{', '.join(missing)} (the row has {', '.join(sorted(map(str, row.data))) or 'no keys'})"
+        )
     prompt = row.data["prompt"]
     chosen, rejected = _response(row, "chosen"), _response(row, "rejected")
     if chosen == rejected:
-        raise DataError(f"{row.where}: 'chosen' and 'rejected' are identical, so the pair teaches nothing; "
-                        "fix or drop the row")
+        raise DataError(
+            f"{row.where}: 'chosen' and 'rejected' are identical, so the pair teaches nothing; fix or drop the row"
+        )
     if isinstance(prompt, list):
         messages = _messages(row, prompt)
         sides = [_encode_chat(messages, text, tokenizer, row) for text in (chosen, rejected)]
@@ -97,8 +103,10 @@ def encode_pair(row: Row, tokenizer, max_length: int) -> tuple[PreferencePair, b
     encoded = [Encoded(ids[:max_length], labels[:max_length]) for ids, labels in sides]
     for name, side in zip(("chosen", "rejected"), encoded):
         if side.target_count == 0:
-            raise DataError(f"{row.where}: the prompt fills data.max_length={max_length} tokens, so no token of "
-                            f"'{name}' is left; raise data.max_length or shorten the prompt")
+            raise DataError(
+                f"{row.where}: the prompt fills data.max_length={max_length} tokens, so no token of "
+                f"'{name}' is left; raise data.max_length or shorten the prompt"
+            )
     return PreferencePair(encoded[0], encoded[1], row.where), truncated
 
 
@@ -120,8 +128,9 @@ def _response(row: Row, key: str) -> str:
     value = row.data[key]
     if isinstance(value, list):
         if len(value) != 1 or not isinstance(value[0], dict) or value[0].get("role") != "assistant":
-            raise DataError(f"{row.where}: {key!r} must be a string or one message "
-                            "[{'role': 'assistant', 'content': ...}]")
+            raise DataError(
+                f"{row.where}: {key!r} must be a string or one message [{{'role': 'assistant', 'content': ...}}]"
+            )
         value = value[0].get("content")
     if not isinstance(value, str):
         raise DataError(f"{row.where}: {key!r} must be a string, got {type(value).__name__}")
@@ -134,24 +143,36 @@ def _messages(row: Row, prompt: list) -> list[dict[str, str]]:
     if not prompt:
         raise DataError(f"{row.where}: 'prompt' is an empty message list")
     for i, message in enumerate(prompt):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or message.get("role") not in ROLES:
-            raise DataError(f"{row.where}: prompt[{i}] must be {{'role': one of {', '.join(ROLES)}, 'content': str}}, "
-                            f"got {str(message)[:80]}")
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("content"), str)
+            or message.get("role") not in ROLES
+        ):
+            raise DataError(
+                f"{row.where}: prompt[{i}] must be {{'role': one of {', '.join(ROLES)}, 'content': str}}, "
+                f"got {str(message)[:80]}"
+            )
     return [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
 def _encode_chat(messages: list[dict[str, str]], response: str, tokenizer, row: Row) -> tuple[list[int], list[int]]:
     if not getattr(tokenizer, "chat_template", None):
-        raise DataError(f"{row.where}: the prompt is a message list but the tokenizer has no chat template; "
-                        "give the prompt as a plain string")
+        raise DataError(
+            f"{row.where}: the prompt is a message list but the tokenizer has no chat template; "
+            "give the prompt as a plain string"
+        )
     before = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     text = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": response}], tokenize=False)
     if not text.startswith(before):
-        raise DataError(f"{row.where}: the tokenizer's chat template renders the prompt differently once a response "
-                        "follows, so the response cannot be located; give plain-string prompts instead")
+        raise DataError(
+            f"{row.where}: the tokenizer's chat template renders the prompt differently once a response "
+            "follows, so the response cannot be located; give plain-string prompts instead"
+        )
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoding["input_ids"])
-    labels = [token if start >= len(before) else IGNORE for token, (start, _end) in zip(ids, encoding["offset_mapping"])]
+    labels = [
+        token if start >= len(before) else IGNORE for token, (start, _end) in zip(ids, encoding["offset_mapping"])
+    ]
     return ids, labels
 
 

@@ -16,8 +16,14 @@ def colors(columns: list[str]) -> dict[str, str]:
     return {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(columns)}
 
 
-def bar_chart(groups: list[tuple[str, dict[str, float]]], columns: list[str], fmt: Callable[[float], str],
-              *, lo: float | None = None, hi: float | None = None) -> Markup:
+def bar_chart(
+    groups: list[tuple[str, dict[str, float]]],
+    columns: list[str],
+    fmt: Callable[[float], str],
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+) -> Markup:
     """Horizontal grouped bars: one group per ``(label, {column: value})``, one bar per column, a zero line.
 
     The axis spans ``[lo, hi]`` (defaults: the data's range widened to include 0). Non-finite values are skipped.
@@ -36,13 +42,19 @@ def bar_chart(groups: list[tuple[str, dict[str, float]]], columns: list[str], fm
             value = row.get(column)
             if value is not None and math.isfinite(value):
                 x0, x1 = sorted((x_of(0.0), x_of(value)))
-                parts.append(f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 1):.1f}" height="{_BAR_H - 3}" '
-                             f'fill="{palette[column]}"><title>{escape(column)}: {escape(fmt(value))}</title></rect>')
-                parts.append(f'<text x="{max(x1, x_of(0.0)) + 4:.1f}" y="{y + 11}" class="val">{escape(column)} '
-                             f'{escape(fmt(value))}</text>')
+                parts.append(
+                    f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 1):.1f}" height="{_BAR_H - 3}" '
+                    f'fill="{palette[column]}"><title>{escape(column)}: {escape(fmt(value))}</title></rect>'
+                )
+                parts.append(
+                    f'<text x="{max(x1, x_of(0.0)) + 4:.1f}" y="{y + 11}" class="val">{escape(column)} '
+                    f"{escape(fmt(value))}</text>"
+                )
             y += _BAR_H
         y += _GAP
     zero = x_of(0.0)
     parts.append(f'<line x1="{zero:.1f}" y1="4" x2="{zero:.1f}" y2="{y - _GAP + 4}" class="axis"/>')
-    return Markup(f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{y}" viewBox="0 0 {_WIDTH} {y}" '
-                  f'role="img">{"".join(parts)}</svg>')
+    return Markup(
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{y}" viewBox="0 0 {_WIDTH} {y}" '
+        f'role="img">{"".join(parts)}</svg>'
+    )

@@ -10,8 +10,15 @@ from lorakit.eval.generate import Prompt, pad_id
 from lorakit.eval.scoring import continuation_ids, token_logprobs
 
 
-def choice_logprobs(model: nn.Module, tokenizer, questions: Sequence[Prompt], choices: Sequence[Sequence[str]], *,
-                    batch_size: int = 8, chat: bool = True) -> list[list[float]]:
+def choice_logprobs(
+    model: nn.Module,
+    tokenizer,
+    questions: Sequence[Prompt],
+    choices: Sequence[Sequence[str]],
+    *,
+    batch_size: int = 8,
+    chat: bool = True,
+) -> list[list[float]]:
     """``score[i][j] = Σ_t log p(option_j,t | question_i, option_j,<t)``: the summed log-likelihood of each option.
 
     The question is rendered with the chat template (generation prompt added) and the option is the
@@ -36,8 +43,16 @@ def predicted_choices(scores: Sequence[Sequence[float]]) -> list[int]:
     return [max(range(len(row)), key=lambda j: (row[j], -j)) for row in scores]
 
 
-def choice_accuracy(model: nn.Module, tokenizer, questions: Sequence[Prompt], choices: Sequence[Sequence[str]],
-                    answers: Sequence[int], *, batch_size: int = 8, chat: bool = True) -> float:
+def choice_accuracy(
+    model: nn.Module,
+    tokenizer,
+    questions: Sequence[Prompt],
+    choices: Sequence[Sequence[str]],
+    answers: Sequence[int],
+    *,
+    batch_size: int = 8,
+    chat: bool = True,
+) -> float:
     """Fraction of questions whose most likely option is the answer."""
     picks = predicted_choices(choice_logprobs(model, tokenizer, questions, choices, batch_size=batch_size, chat=chat))
     return sum(p == a for p, a in zip(picks, answers)) / len(answers) if answers else 0.0

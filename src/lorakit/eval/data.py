@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.data.load import load_rows as load_data_rows
 from lorakit.core.errors import DataError
+from lorakit.data.load import load_rows as load_data_rows
 from lorakit.eval.generate import Prompt
 
 _REFERENCE_KEYS = ("reference", "completion", "output", "response")
@@ -43,9 +43,15 @@ def read_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
 def _prompt(where: str, obj: dict) -> tuple[Prompt, str | None]:
     if "messages" in obj:
         messages = obj["messages"]
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
-            raise DataError(f"{where}: 'messages' must be a non-empty list of {{\"role\": …, \"content\": …}} objects")
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            )
+        ):
+            raise DataError(f'{where}: \'messages\' must be a non-empty list of {{"role": …, "content": …}} objects')
         if messages[-1]["role"] == "assistant":
             if len(messages) == 1:
                 raise DataError(f"{where}: 'messages' holds only an assistant message; nothing to prompt with")

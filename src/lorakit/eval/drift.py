@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lorakit.core.model import disabled
 from lorakit.eval.general_sets import general_prompts
 from lorakit.eval.generate import Prompt, pad_id, prompt_ids
 from lorakit.eval.scoring import right_pad
-from lorakit.core.model import disabled
 
 
 @torch.inference_mode()
@@ -29,10 +29,14 @@ def drift_kl(model: nn.Module, tokenizer, prompts: Sequence[Prompt] | None = Non
     rows = [prompt_ids(tokenizer, p) for p in prompts]
     total, positions = 0.0, 0
     for begin in range(0, len(rows), batch_size):
-        ids, mask = right_pad(rows[begin:begin + batch_size], pad, device)
+        ids, mask = right_pad(rows[begin : begin + batch_size], pad, device)
         with disabled(model):
-            base = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.double(), dim=-1)  # (B, T, V) in fp64
-        adapted = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.double(), dim=-1)  # (B, T, V) in fp64
+            base = torch.log_softmax(
+                model(input_ids=ids, attention_mask=mask).logits.double(), dim=-1
+            )  # (B, T, V) in fp64
+        adapted = torch.log_softmax(
+            model(input_ids=ids, attention_mask=mask).logits.double(), dim=-1
+        )  # (B, T, V) in fp64
         kl = (base.exp() * (base - adapted)).sum(-1)  # (B, T)
         keep = mask.bool()
         total += float(kl[keep].sum())

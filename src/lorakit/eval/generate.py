@@ -39,7 +39,9 @@ def render(tokenizer, prompt: Prompt, *, chat: bool = True) -> str:
 
 def prompt_ids(tokenizer, prompt: Prompt, *, chat: bool = True) -> list[int]:
     """Token ids of the rendered prompt. A chat template carries its own special tokens; plain text gets the tokenizer's."""
-    return tokenizer(render(tokenizer, prompt, chat=chat), add_special_tokens=not _templated(tokenizer, prompt, chat))["input_ids"]
+    return tokenizer(render(tokenizer, prompt, chat=chat), add_special_tokens=not _templated(tokenizer, prompt, chat))[
+        "input_ids"
+    ]
 
 
 def pad_id(tokenizer) -> int:
@@ -56,8 +58,8 @@ def left_pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[tor
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -93,7 +95,9 @@ def merged_copy(model: nn.Module) -> Iterator[nn.Module]:
                 for name in names:
                     weight = layer.merged_weight(name, weight, base)
                 if not torch.isfinite(weight).all():
-                    raise MergeError(f"layer {layer.path}: merging adapters {list(names)} would write NaN/inf; the adapter is broken")
+                    raise MergeError(
+                        f"layer {layer.path}: merging adapters {list(names)} would write NaN/inf; the adapter is broken"
+                    )
                 target = layer._base_weight()
                 touched.append((layer, target.data, len(layer.merged)))
                 target.data = weight.to(target.dtype)
@@ -111,8 +115,16 @@ def _is_quantized(layer: LoraLayer) -> bool:
 
 
 @torch.inference_mode()
-def generate(model: nn.Module, tokenizer, prompts: Sequence[Prompt], *, max_new_tokens: int = 64,
-             batch_size: int | None = None, chat: bool = True, merge: bool = True) -> list[str]:
+def generate(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int | None = None,
+    chat: bool = True,
+    merge: bool = True,
+) -> list[str]:
     """Greedy continuations of ``prompts``, one string each, holding only the new text (special tokens dropped).
 
     Rows are sorted by prompt length and decoded ``batch_size`` at a time (default :func:`auto_batch_size`),
@@ -130,11 +142,18 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[Prompt], *, max_new_
     outputs: list[str] = [""] * len(rows)
     with merged_copy(model) if merge else contextlib.nullcontext():
         for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+            chunk = order[start : start + batch_size]
             ids, mask = left_pad([rows[i] for i in chunk], pad, device)
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=pad, eos_token_id=eos, num_beams=1)
-            new = out[:, ids.shape[1]:]  # (B, T_new): only the generated tokens
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=eos,
+                num_beams=1,
+            )
+            new = out[:, ids.shape[1] :]  # (B, T_new): only the generated tokens
             for i, text in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True)):
                 outputs[i] = text
     return outputs

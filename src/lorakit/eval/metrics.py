@@ -27,7 +27,9 @@ def normalize(text: str) -> str:
 
 def _check_lengths(predictions: Sequence, references: Sequence) -> None:
     if len(predictions) != len(references):
-        raise DataError(f"{len(predictions)} predictions for {len(references)} references: give one prediction per reference")
+        raise DataError(
+            f"{len(predictions)} predictions for {len(references)} references: give one prediction per reference"
+        )
     if not predictions:
         raise DataError("no predictions to score: the evaluation data is empty")
 
@@ -134,7 +136,9 @@ def json_task_scores(predictions: Sequence[str], references: Sequence[dict], fie
     for i, ref in enumerate(references):
         missing = [f for f in fields if not isinstance(ref, dict) or f not in ref]
         if missing:
-            raise DataError(f"reference {i} has no field {missing[0]!r}; every reference must hold the fields {list(fields)}")
+            raise DataError(
+                f"reference {i} has no field {missing[0]!r}; every reference must hold the fields {list(fields)}"
+            )
     rows = [json_row_scores(p, r, fields) for p, r in zip(predictions, references)]
     return {
         "exact_match": mean([r["exact_match"] for r in rows]),

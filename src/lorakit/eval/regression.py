@@ -16,12 +16,13 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from lorakit.core.errors import ConfigError, DataError
+from lorakit.core.errors import ConfigError
 from lorakit.eval.choice import choice_accuracy
 from lorakit.eval.data import EvalRow
 from lorakit.eval.drift import drift_kl
 from lorakit.eval.general_sets import general_choices, general_prompts, general_texts
 from lorakit.eval.scoring import text_likelihood
+
 
 @dataclass
 class RegressionSet:
@@ -38,17 +39,22 @@ def load_regression_set(source: str | Path = "default") -> RegressionSet:
         return RegressionSet(general_prompts(), general_texts(), general_choices())
     path = Path(source)
     if not path.is_file():
-        raise ConfigError(f"{path}: regression file not found; give 'default', 'none' or a YAML naming prompts/text/choices files")
+        raise ConfigError(
+            f"{path}: regression file not found; give 'default', 'none' or a YAML naming prompts/text/choices files"
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     unknown = sorted(set(raw) - {"prompts", "text", "choices"}) if isinstance(raw, dict) else ["(not a mapping)"]
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; a regression file maps prompts, text and choices to JSONL files")
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]!r}; a regression file maps prompts, text and choices to JSONL files"
+        )
     files = {key: path.parent / str(value) for key, value in raw.items()}
-    return RegressionSet(general_prompts(files.get("prompts")), general_texts(files.get("text")),
-                         general_choices(files.get("choices")))
+    return RegressionSet(
+        general_prompts(files.get("prompts")), general_texts(files.get("text")), general_choices(files.get("choices"))
+    )
 
 
 @dataclass
@@ -60,15 +66,22 @@ class RegressionScores:
     mc_accuracy: float
 
 
-def regression_scores(model: nn.Module, tokenizer, rset: RegressionSet, *, kl: bool = True,
-                      batch_size: int = 8) -> RegressionScores:
+def regression_scores(
+    model: nn.Module, tokenizer, rset: RegressionSet, *, kl: bool = True, batch_size: int = 8
+) -> RegressionScores:
     """General scores of the model as it is now (its active adapters, or the base inside ``lk.disabled``).
 
     ``kl=False`` skips the drift computation and reports 0 (the base column: the base does not drift from itself).
     """
     perplexity = text_likelihood(model, tokenizer, rset.texts, batch_size=batch_size).perplexity
-    accuracy = choice_accuracy(model, tokenizer, [r.prompt for r in rset.choices], [r.choices for r in rset.choices],
-                               [r.answer for r in rset.choices], batch_size=batch_size)
+    accuracy = choice_accuracy(
+        model,
+        tokenizer,
+        [r.prompt for r in rset.choices],
+        [r.choices for r in rset.choices],
+        [r.answer for r in rset.choices],
+        batch_size=batch_size,
+    )
     drift = drift_kl(model, tokenizer, rset.prompts, batch_size=batch_size) if kl else 0.0
     return RegressionScores(kl=drift, perplexity=perplexity, mc_accuracy=accuracy)
 
@@ -95,7 +108,9 @@ def parse_thresholds(text: str) -> Thresholds:
         key, _, value = item.partition("=")
         key = key.strip()
         if key not in ("kl", "ppl", "mc"):
-            raise ConfigError(f"--max-drift: unknown threshold {key!r}; use kl=…, ppl=… (fraction) and mc=… (accuracy drop)")
+            raise ConfigError(
+                f"--max-drift: unknown threshold {key!r}; use kl=…, ppl=… (fraction) and mc=… (accuracy drop)"
+            )
         try:
             number = float(value)
         except ValueError:

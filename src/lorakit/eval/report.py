@@ -13,6 +13,7 @@ from lorakit.core.files import atomic
 from lorakit.eval.data import EvalRow
 from lorakit.eval.report_html import render_html
 
+
 def prompt_text(prompt: str | list[dict]) -> str:
     """A prompt as a person reads it: the text, or one ``role: content`` line per chat message."""
     return prompt if isinstance(prompt, str) else "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
@@ -22,10 +23,19 @@ def sample_rows(rows: list[EvalRow], outputs: dict[str, list[str]], count: int) 
     """The first ``count`` rows with their reference and every column's output, for reading side by side."""
     samples = []
     for i, row in enumerate(rows[:count]):
-        reference = row.reference if isinstance(row.reference, str) or row.reference is None else json.dumps(
-            row.reference, ensure_ascii=False)
-        samples.append({"where": row.where, "prompt": prompt_text(row.prompt), "reference": reference,
-                        "outputs": {column: texts[i] for column, texts in outputs.items()}})
+        reference = (
+            row.reference
+            if isinstance(row.reference, str) or row.reference is None
+            else json.dumps(row.reference, ensure_ascii=False)
+        )
+        samples.append(
+            {
+                "where": row.where,
+                "prompt": prompt_text(row.prompt),
+                "reference": reference,
+                "outputs": {column: texts[i] for column, texts in outputs.items()},
+            }
+        )
     return samples
 
 

@@ -6,13 +6,21 @@ import math
 
 BASE = "base"
 LABELS = {
-    "exact_match": "exact match", "normalized_match": "normalised match", "token_f1": "token F1", "rouge_l": "ROUGE-L F1",
-    "json_valid": "valid JSON", "json_exact_match": "JSON exact match (all fields)",
-    "schema_compliance": "schema compliance", "regex_compliance": "regex compliance",
-    "choice_accuracy": "multiple-choice accuracy", "reference_loss": "reference loss (nats/token)",
+    "exact_match": "exact match",
+    "normalized_match": "normalised match",
+    "token_f1": "token F1",
+    "rouge_l": "ROUGE-L F1",
+    "json_valid": "valid JSON",
+    "json_exact_match": "JSON exact match (all fields)",
+    "schema_compliance": "schema compliance",
+    "regex_compliance": "regex compliance",
+    "choice_accuracy": "multiple-choice accuracy",
+    "reference_loss": "reference loss (nats/token)",
     "reference_perplexity": "reference perplexity",
-    "kl": "KL(base ‖ adapted) per token", "perplexity": "general-text perplexity",
-    "perplexity_change": "perplexity change vs base", "mc_accuracy": "general multiple-choice accuracy",
+    "kl": "KL(base ‖ adapted) per token",
+    "perplexity": "general-text perplexity",
+    "perplexity_change": "perplexity change vs base",
+    "mc_accuracy": "general multiple-choice accuracy",
     "mc_accuracy_change": "accuracy change vs base",
 }
 _LOWER_IS_BETTER = {"reference_loss", "reference_perplexity", "kl", "perplexity", "perplexity_change"}

@@ -57,8 +57,10 @@ def _table(report: EvalReport, rows: dict[str, dict[str, float]]) -> Markup:
     body = []
     for metric, values in rows.items():
         best = best_columns(metric, values)
-        cells = "".join(f'<td{" class=best" if c in best else ""}>{escape(format_value(metric, values.get(c)))}</td>'
-                        for c in report.columns)
+        cells = "".join(
+            f"<td{' class=best' if c in best else ''}>{escape(format_value(metric, values.get(c)))}</td>"
+            for c in report.columns
+        )
         body.append(f"<tr><td>{escape(label(metric))}</td>{cells}</tr>")
     return Markup(f"<table><thead><tr><th>metric</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
@@ -82,21 +84,32 @@ def _cells(report: EvalReport, sample: dict) -> dict[str, Markup]:
         text = sample["outputs"].get(column, "")
         body = escape(text) if column == BASE else highlight(base_text, text)
         right = sample["reference"] is not None and normalize(text) == normalize(sample["reference"])
-        cells[column] = Markup(f'{body}{Markup(" <span class=ok>✓</span>") if right else ""}')
+        cells[column] = Markup(f"{body}{Markup(' <span class=ok>✓</span>') if right else ''}")
     return cells
 
 
 def render_html(report: EvalReport) -> str:
     """The whole report page as one string."""
-    fractions = [(label(m), v) for m, v in report.metrics.items() if m not in ("reference_loss", "reference_perplexity")]
+    fractions = [
+        (label(m), v) for m, v in report.metrics.items() if m not in ("reference_loss", "reference_perplexity")
+    ]
     regression = report.regression or {}
-    regression_charts = [bar_chart([(label(metric), regression[metric])], report.columns, fmt)
-                         for metric, fmt in (("kl", lambda v: f"{v:.3g}"), ("perplexity_change", lambda v: f"{100 * v:+.2f}%"),
-                                             ("mc_accuracy_change", lambda v: f"{v:+.3f}")) if metric in regression]
+    regression_charts = [
+        bar_chart([(label(metric), regression[metric])], report.columns, fmt)
+        for metric, fmt in (
+            ("kl", lambda v: f"{v:.3g}"),
+            ("perplexity_change", lambda v: f"{100 * v:+.2f}%"),
+            ("mc_accuracy_change", lambda v: f"{v:+.3f}"),
+        )
+        if metric in regression
+    ]
     env = Environment(autoescape=True)
     page = env.from_string(_TEMPLATE)
     return page.render(
-        r=report, palette=colors(report.columns), table=lambda rows: _table(report, rows),
+        r=report,
+        palette=colors(report.columns),
+        table=lambda rows: _table(report, rows),
         task_chart=bar_chart(fractions, report.columns, lambda v: f"{v:.3f}", lo=0.0, hi=1.0) if fractions else None,
         regression_charts=regression_charts,
-        rows=[{**s, "cells": _cells(report, s)} for s in report.samples])
+        rows=[{**s, "cells": _cells(report, s)} for s in report.samples],
+    )

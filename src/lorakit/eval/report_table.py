@@ -16,8 +16,15 @@ def _table(report: EvalReport, title: str, rows: dict[str, dict[str, float]]) ->
         table.add_column(column, justify="right")
     for metric, values in rows.items():
         best = best_columns(metric, values)
-        table.add_row(label(metric), *[f"[bold]{format_value(metric, values.get(c))}[/bold]" if c in best
-                                       else format_value(metric, values.get(c)) for c in report.columns])
+        table.add_row(
+            label(metric),
+            *[
+                f"[bold]{format_value(metric, values.get(c))}[/bold]"
+                if c in best
+                else format_value(metric, values.get(c))
+                for c in report.columns
+            ],
+        )
     return table
 
 

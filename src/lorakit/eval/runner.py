@@ -17,16 +17,23 @@ from torch import nn
 
 from lorakit.core import bases
 from lorakit.core.errors import ConfigError
+from lorakit.core.files import load_adapter
+from lorakit.core.model import active_adapters, adapter_names, disabled, set_active
 from lorakit.eval.data import EvalRow, load_rows
 from lorakit.eval.generate import generate
-from lorakit.eval.regression import (RegressionScores, RegressionSet, Thresholds, gate_failures, load_regression_set,
-                                     parse_thresholds, regression_scores)
+from lorakit.eval.regression import (
+    RegressionScores,
+    RegressionSet,
+    Thresholds,
+    gate_failures,
+    load_regression_set,
+    parse_thresholds,
+    regression_scores,
+)
 from lorakit.eval.report import EvalReport, sample_rows
 from lorakit.eval.report_format import BASE
 from lorakit.eval.spec import TaskSpec, load_spec
 from lorakit.eval.task import plan_task, score_likelihoods, score_outputs
-from lorakit.core.files import load_adapter
-from lorakit.core.model import active_adapters, adapter_names, disabled, set_active
 
 
 @contextlib.contextmanager
@@ -70,11 +77,17 @@ def _regression_set(regression: RegressionSet | str | Path | None) -> Regression
     return regression if isinstance(regression, RegressionSet) else load_regression_set(regression)
 
 
-def evaluate(base: str | tuple[nn.Module, Any] = bases.DEFAULT_BASE,
-             adapters: Mapping[str, str | Path] | Sequence[str] = (), data: str | Path | Sequence[EvalRow] | None = None, *,
-             task: TaskSpec | str | Path | None = None, regression: RegressionSet | str | Path | None = "default",
-             max_drift: Thresholds | str | None = None, dtype: torch.dtype = torch.float32,
-             log: Callable[[str], None] | None = None) -> EvalReport:
+def evaluate(
+    base: str | tuple[nn.Module, Any] = bases.DEFAULT_BASE,
+    adapters: Mapping[str, str | Path] | Sequence[str] = (),
+    data: str | Path | Sequence[EvalRow] | None = None,
+    *,
+    task: TaskSpec | str | Path | None = None,
+    regression: RegressionSet | str | Path | None = "default",
+    max_drift: Thresholds | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    log: Callable[[str], None] | None = None,
+) -> EvalReport:
     """Evaluate the base and every adapter on ``data`` (task metrics) and on the general sets (regression).
 
     ``base``: a model name or directory for :func:`lorakit.core.bases.load`, or a ``(model, tokenizer)`` pair.
@@ -110,26 +123,46 @@ def evaluate(base: str | tuple[nn.Module, Any] = bases.DEFAULT_BASE,
         with _column(model, column):
             log(f"{column}: task metrics on {len(rows)} rows")
             if plan.generates:
-                outputs[column] = generate(model, tokenizer, [r.prompt for r in plan.generation_rows],
-                                           max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size, chat=plan.chat)
-            scores = {**(score_outputs(plan, spec, outputs[column]) if plan.generates else {}),
-                      **score_likelihoods(plan, spec, model, tokenizer)}
+                outputs[column] = generate(
+                    model,
+                    tokenizer,
+                    [r.prompt for r in plan.generation_rows],
+                    max_new_tokens=spec.max_new_tokens,
+                    batch_size=spec.batch_size,
+                    chat=plan.chat,
+                )
+            scores = {
+                **(score_outputs(plan, spec, outputs[column]) if plan.generates else {}),
+                **score_likelihoods(plan, spec, model, tokenizer),
+            }
             for metric, value in scores.items():
                 metrics.setdefault(metric, {})[column] = value
             if rset is not None:
                 log(f"{column}: regression on the general sets")
-                general[column] = regression_scores(model, tokenizer, rset, kl=column != BASE, batch_size=spec.batch_size)
+                general[column] = regression_scores(
+                    model, tokenizer, rset, kl=column != BASE, batch_size=spec.batch_size
+                )
     failures = gate_failures(general[BASE], {c: general[c] for c in sources}, thresholds) if thresholds else []
     return EvalReport(
         base={"name": base_name, "fingerprint": bases.fingerprint(model)},
         data=str(data) if isinstance(data, (str, Path)) else f"{len(rows)} rows",
-        columns=columns, adapters=sources,
-        task={**spec.to_dict(), "metrics": plan.metrics, "fields": plan.fields, "chat": plan.chat,
-              "generation_rows": len(plan.generation_rows), "choice_rows": len(plan.choice_rows)},
-        metrics=metrics, regression=_regression_table(general, columns) if general else None,
-        thresholds=thresholds.to_dict() if thresholds else None, failures=failures,
+        columns=columns,
+        adapters=sources,
+        task={
+            **spec.to_dict(),
+            "metrics": plan.metrics,
+            "fields": plan.fields,
+            "chat": plan.chat,
+            "generation_rows": len(plan.generation_rows),
+            "choice_rows": len(plan.choice_rows),
+        },
+        metrics=metrics,
+        regression=_regression_table(general, columns) if general else None,
+        thresholds=thresholds.to_dict() if thresholds else None,
+        failures=failures,
         samples=sample_rows(plan.generation_rows, outputs, spec.samples) if outputs else [],
-        seconds=time.perf_counter() - started)
+        seconds=time.perf_counter() - started,
+    )
 
 
 def _regression_table(general: dict[str, RegressionScores], columns: list[str]) -> dict[str, dict[str, float]]:

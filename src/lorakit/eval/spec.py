@@ -55,7 +55,9 @@ class TaskSpec:
         if self.metrics is not None:
             unknown = [m for m in self.metrics if m not in METRIC_GROUPS]
             if unknown or not self.metrics:
-                raise ConfigError(f"task spec metrics {unknown or '[]'} unknown; choose from {', '.join(METRIC_GROUPS)}")
+                raise ConfigError(
+                    f"task spec metrics {unknown or '[]'} unknown; choose from {', '.join(METRIC_GROUPS)}"
+                )
             if "schema" in self.metrics and self.schema is None:
                 raise ConfigError("task spec asks for metric 'schema' but gives no 'schema' or 'schema_file'")
             if "regex" in self.metrics and self.regex is None:

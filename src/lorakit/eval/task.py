@@ -36,8 +36,10 @@ class TaskPlan:
         return any(metric in self.metrics for metric in _GENERATION_METRICS)
 
     def reference_texts(self) -> list[str]:
-        return [r.reference if isinstance(r.reference, str) else json.dumps(r.reference, ensure_ascii=False)
-                for r in self.generation_rows]
+        return [
+            r.reference if isinstance(r.reference, str) else json.dumps(r.reference, ensure_ascii=False)
+            for r in self.generation_rows
+        ]
 
 
 def _as_object(row: EvalRow) -> dict | None:
@@ -64,15 +66,20 @@ def plan_task(rows: list[EvalRow], spec: TaskSpec) -> TaskPlan:
     if "choice" in metrics and not choice_rows:
         raise DataError("the task spec asks for 'choice' but no data row has 'choices' and 'answer'")
     if any(x in metrics for x in _GENERATION_METRICS + ("perplexity",)) and not generation_rows:
-        raise DataError(f"the task spec asks for {[x for x in metrics if x != 'choice']} but every data row is multiple choice")
+        raise DataError(
+            f"the task spec asks for {[x for x in metrics if x != 'choice']} but every data row is multiple choice"
+        )
     needing = [x for x in metrics if x in _NEEDS_REFERENCE]
     for row in generation_rows:
         if needing and row.reference is None:
-            raise DataError(f"{row.where}: no reference ('reference', 'completion', 'output', 'response' or a final "
-                            f"assistant message), which the metric {needing[0]!r} needs")
+            raise DataError(
+                f"{row.where}: no reference ('reference', 'completion', 'output', 'response' or a final "
+                f"assistant message), which the metric {needing[0]!r} needs"
+            )
     chat = spec.chat if spec.chat is not None else not all(r.plain for r in rows)
-    plan = TaskPlan(metrics=metrics, fields=list(spec.fields), generation_rows=generation_rows, choice_rows=choice_rows,
-                    chat=chat)
+    plan = TaskPlan(
+        metrics=metrics, fields=list(spec.fields), generation_rows=generation_rows, choice_rows=choice_rows, chat=chat
+    )
     if "json" in metrics:
         plan.json_references = _json_references(generation_rows, plan)
     return plan
@@ -88,11 +95,15 @@ def _json_references(rows: list[EvalRow], plan: TaskPlan) -> list[dict]:
             plan.fields = list(obj)
         missing = [f for f in plan.fields if f not in obj]
         if missing:
-            raise DataError(f"{row.where}: the reference has no field {missing[0]!r} named by the task spec "
-                            f"(fields: {', '.join(plan.fields)})")
+            raise DataError(
+                f"{row.where}: the reference has no field {missing[0]!r} named by the task spec "
+                f"(fields: {', '.join(plan.fields)})"
+            )
         references.append(obj)
     if not plan.fields:
-        raise DataError(f"{rows[0].where}: the reference JSON object has no fields to compare; name them in the task spec")
+        raise DataError(
+            f"{rows[0].where}: the reference JSON object has no fields to compare; name them in the task spec"
+        )
     return references
 
 
@@ -100,8 +111,12 @@ def score_outputs(plan: TaskPlan, spec: TaskSpec, outputs: list[str]) -> dict[st
     """Metrics computed from generated ``outputs`` (one per generation row), each a mean over rows."""
     texts = plan.reference_texts() if any(x in plan.metrics for x in _TEXT_METRICS) else []
     scores: dict[str, float] = {}
-    for name, fn in (("exact_match", m.exact_match_scores), ("normalized_match", m.normalized_match_scores),
-                     ("token_f1", m.token_f1_scores), ("rouge_l", m.rouge_l_scores)):
+    for name, fn in (
+        ("exact_match", m.exact_match_scores),
+        ("normalized_match", m.normalized_match_scores),
+        ("token_f1", m.token_f1_scores),
+        ("rouge_l", m.rouge_l_scores),
+    ):
         if name in plan.metrics:
             scores[name] = m.mean(fn(outputs, texts))
     if "json" in plan.metrics:
@@ -121,13 +136,27 @@ def score_likelihoods(plan: TaskPlan, spec: TaskSpec, model: nn.Module, tokenize
     scores: dict[str, Any] = {}
     if "choice" in plan.metrics:
         rows = plan.choice_rows
-        picks = predicted_choices(choice_logprobs(model, tokenizer, [r.prompt for r in rows], [r.choices for r in rows],
-                                                  batch_size=spec.batch_size, chat=plan.chat))
+        picks = predicted_choices(
+            choice_logprobs(
+                model,
+                tokenizer,
+                [r.prompt for r in rows],
+                [r.choices for r in rows],
+                batch_size=spec.batch_size,
+                chat=plan.chat,
+            )
+        )
         scores["choice_accuracy"] = m.mean([float(p == r.answer) for p, r in zip(picks, rows)])
     if "perplexity" in plan.metrics:
         rows = plan.generation_rows
-        likelihood = reference_likelihood(model, tokenizer, [r.prompt for r in rows], plan.reference_texts(),
-                                          batch_size=spec.batch_size, chat=plan.chat)
+        likelihood = reference_likelihood(
+            model,
+            tokenizer,
+            [r.prompt for r in rows],
+            plan.reference_texts(),
+            batch_size=spec.batch_size,
+            chat=plan.chat,
+        )
         scores["reference_loss"] = likelihood.loss
         scores["reference_perplexity"] = likelihood.perplexity
     return scores

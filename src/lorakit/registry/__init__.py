@@ -33,12 +33,16 @@ def resolve(ref: str, url: str | None = None) -> Path:
     with Registry(url) as registry:
         record = registry.get(ref)
     if record.status == "retired":
-        raise AdapterFileError(f"registry:{ref} is {record.ref}, which is retired; promote another version or name it "
-                               "by its directory")
+        raise AdapterFileError(
+            f"registry:{ref} is {record.ref}, which is retired; promote another version or name it by its directory"
+        )
     problems = file_problems(record)
     if problems:
-        raise AdapterFileError(f"registry:{ref} ({record.ref} at {record.path}) no longer matches the registry: "
-                               + "; ".join(describe(p) for p in problems) + f"; run `lorakit registry verify {record.ref}`")
+        raise AdapterFileError(
+            f"registry:{ref} ({record.ref} at {record.path}) no longer matches the registry: "
+            + "; ".join(describe(p) for p in problems)
+            + f"; run `lorakit registry verify {record.ref}`"
+        )
     return Path(record.path)
 
 
@@ -65,4 +69,3 @@ def __getattr__(name: str) -> Any:
 
         return AdapterRecord
     raise AttributeError(f"module 'lorakit.registry' has no attribute {name!r}")
-

@@ -23,16 +23,24 @@ def file_problems(record: AdapterRecord) -> list[dict[str, Any]]:
     """Each file that is ``missing``, ``modified`` (other sha256) or ``added`` since registration; empty when intact."""
     path = Path(record.path)
     if not path.is_dir():
-        return [{"file": name, "status": "missing", "expected": f["sha256"], "actual": None} for name, f in record.files.items()]
+        return [
+            {"file": name, "status": "missing", "expected": f["sha256"], "actual": None}
+            for name, f in record.files.items()
+        ]
     now = hash_files(path)
     problems = []
     for name, registered in record.files.items():
         if name not in now:
             problems.append({"file": name, "status": "missing", "expected": registered["sha256"], "actual": None})
         elif now[name][0] != registered["sha256"]:
-            problems.append({"file": name, "status": "modified", "expected": registered["sha256"], "actual": now[name][0]})
-    problems += [{"file": name, "status": "added", "expected": None, "actual": sha}
-                 for name, (sha, _) in now.items() if name not in record.files]
+            problems.append(
+                {"file": name, "status": "modified", "expected": registered["sha256"], "actual": now[name][0]}
+            )
+    problems += [
+        {"file": name, "status": "added", "expected": None, "actual": sha}
+        for name, (sha, _) in now.items()
+        if name not in record.files
+    ]
     return problems
 
 
@@ -66,11 +74,21 @@ def verify(registry: Registry, ref: str) -> list[dict[str, Any]]:
     reports = []
     for record in records:
         problems = [*file_problems(record), *rows[record.ref], *chain]
-        reports.append({"ref": record.ref, "path": record.path, "ok": not problems, "problems": problems,
-                        "chain_head": head, "audit_entries": entries})
+        reports.append(
+            {
+                "ref": record.ref,
+                "path": record.path,
+                "ok": not problems,
+                "problems": problems,
+                "chain_head": head,
+                "audit_entries": entries,
+            }
+        )
     with registry.writing() as session:
         for report in reports:
-            registry.log(session, "verify", report["ref"], ok=report["ok"], problems=[describe(p) for p in report["problems"]])
+            registry.log(
+                session, "verify", report["ref"], ok=report["ok"], problems=[describe(p) for p in report["problems"]]
+            )
     return reports
 
 
@@ -86,11 +104,23 @@ def compatible(registry: Registry, base: str) -> dict[str, Any]:
             bases = find_bases(session, fingerprint)
     with registry.reading() as session:
         ids = [b.id for b in bases]
-        adapters = session.scalars(select(Adapter).where(Adapter.base_id.in_(ids)).order_by(Adapter.name, Adapter.id)).unique()
+        adapters = session.scalars(
+            select(Adapter).where(Adapter.base_id.in_(ids)).order_by(Adapter.name, Adapter.id)
+        ).unique()
         records = [adapter_record(session, a) for a in adapters]
-        return {"bases": [{"name": b.name, "fingerprint": b.fingerprint, "architecture": b.architecture,
-                           "parameters": b.parameters} for b in bases],
-                "fingerprint": fingerprint, "adapters": records}
+        return {
+            "bases": [
+                {
+                    "name": b.name,
+                    "fingerprint": b.fingerprint,
+                    "architecture": b.architecture,
+                    "parameters": b.parameters,
+                }
+                for b in bases
+            ],
+            "fingerprint": fingerprint,
+            "adapters": records,
+        }
 
 
 def _fingerprint_of(base: str) -> str:
@@ -99,8 +129,10 @@ def _fingerprint_of(base: str) -> str:
 
     local = Path(base).expanduser()
     if base != bases.DEFAULT_BASE and not (local / "config.json").exists():
-        raise RegistryError(f"no registered base matches {base!r} (by name or fingerprint), and it is not a model "
-                            "directory; `lorakit registry list` shows the bases adapters were registered for")
+        raise RegistryError(
+            f"no registered base matches {base!r} (by name or fingerprint), and it is not a model "
+            "directory; `lorakit registry list` shows the bases adapters were registered for"
+        )
     try:
         model, _ = bases.load(base)
     except ModelLoadError as err:

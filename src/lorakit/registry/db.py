@@ -61,10 +61,14 @@ def engine_for(url: str | None = None) -> Engine:
             if path.is_dir():
                 raise RegistryError(f"cannot open registry {path}: it is a directory; give a database file path")
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(full, connect_args={"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {})
+        engine = create_engine(
+            full, connect_args={"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+        )
     except (ArgumentError, NoSuchModuleError, ValueError) as err:
-        raise RegistryError(f"{shown(full)}: not a registry URL ({err}); give a SQLite file path, sqlite:///FILE "
-                            "or postgresql://USER@HOST:PORT/DB") from None
+        raise RegistryError(
+            f"{shown(full)}: not a registry URL ({err}); give a SQLite file path, sqlite:///FILE "
+            "or postgresql://USER@HOST:PORT/DB"
+        ) from None
     except OSError as err:
         raise RegistryError(f"cannot open registry {shown(full)}: {err}") from None
     if engine.dialect.name == "sqlite":
@@ -105,8 +109,10 @@ def head_revision() -> str:
 
 def _check_known(current: str | None, script: ScriptDirectory, where: str) -> None:
     if current is not None and current not in {revision.revision for revision in script.walk_revisions()}:
-        raise RegistryError(f"registry {where} has schema revision {current!r}, made by a newer lorakit "
-                            f"(this one knows up to {script.get_current_head()!r}); upgrade lorakit to use it")
+        raise RegistryError(
+            f"registry {where} has schema revision {current!r}, made by a newer lorakit "
+            f"(this one knows up to {script.get_current_head()!r}); upgrade lorakit to use it"
+        )
 
 
 def migrate(engine: Engine, target: str = "head") -> None:

@@ -28,8 +28,12 @@ def _edges(session: Session) -> list[LineageEdge]:
 
 
 def _summary(adapter: Adapter) -> dict[str, Any]:
-    return {"ref": adapter.ref, "status": adapter.status, "path": adapter.path,
-            "datasets": [dataset_dict(link.dataset, link.role) for link in adapter.datasets]}
+    return {
+        "ref": adapter.ref,
+        "status": adapter.status,
+        "path": adapter.path,
+        "datasets": [dataset_dict(link.dataset, link.role) for link in adapter.datasets],
+    }
 
 
 def lineage(registry: Registry, ref: str) -> dict[str, Any]:
@@ -46,8 +50,11 @@ def lineage(registry: Registry, ref: str) -> dict[str, Any]:
             node = _summary(adapter)
             if edge is not None:
                 node.update(method=edge.method, weight=edge.weight, params=edge.params)
-            node["parents"] = [ancestors(session.get(Adapter, e.parent_id), e, seen | {adapter.id})
-                               for e in parents[adapter.id] if e.parent_id not in seen]
+            node["parents"] = [
+                ancestors(session.get(Adapter, e.parent_id), e, seen | {adapter.id})
+                for e in parents[adapter.id]
+                if e.parent_id not in seen
+            ]
             return node
 
         descendants, queue, seen = [], deque([root.id]), {root.id}
@@ -57,8 +64,14 @@ def lineage(registry: Registry, ref: str) -> dict[str, Any]:
                     seen.add(edge.child_id)
                     queue.append(edge.child_id)
                     child = session.get(Adapter, edge.child_id)
-                    descendants.append({"ref": child.ref, "status": child.status, "parent": session.get(Adapter, edge.parent_id).ref,
-                                        "method": edge.method})
+                    descendants.append(
+                        {
+                            "ref": child.ref,
+                            "status": child.status,
+                            "parent": session.get(Adapter, edge.parent_id).ref,
+                            "method": edge.method,
+                        }
+                    )
         return {"adapter": root.ref, "tree": ancestors(root, None, frozenset()), "descendants": descendants}
 
 
@@ -77,10 +90,15 @@ def trained_on(registry: Registry, dataset: str) -> dict[str, Any]:
     with registry.reading() as session:
         matched = find_datasets(session, dataset)
         if not matched:
-            raise RegistryError(f"no dataset {dataset!r} in the registry (looked at names, paths and sha256); "
-                                "datasets are recorded from lorakit.json when adapters are registered")
-        direct = session.scalars(select(AdapterDataset.adapter_id).where(
-            AdapterDataset.dataset_id.in_([d.id for d in matched]), AdapterDataset.role == "train")).all()
+            raise RegistryError(
+                f"no dataset {dataset!r} in the registry (looked at names, paths and sha256); "
+                "datasets are recorded from lorakit.json when adapters are registered"
+            )
+        direct = session.scalars(
+            select(AdapterDataset.adapter_id).where(
+                AdapterDataset.dataset_id.in_([d.id for d in matched]), AdapterDataset.role == "train"
+            )
+        ).all()
         children = defaultdict(list)
         for edge in _edges(session):
             children[edge.parent_id].append(edge.child_id)
@@ -98,7 +116,13 @@ def trained_on(registry: Registry, dataset: str) -> dict[str, Any]:
         found = []
         for adapter_id, chain in via.items():
             adapter = session.get(Adapter, adapter_id)
-            found.append({"ref": adapter.ref, "status": adapter.status, "path": adapter.path,
-                          "via": [session.get(Adapter, i).ref for i in chain]})
+            found.append(
+                {
+                    "ref": adapter.ref,
+                    "status": adapter.status,
+                    "path": adapter.path,
+                    "via": [session.get(Adapter, i).ref for i in chain],
+                }
+            )
         found.sort(key=lambda item: (len(item["via"]), item["ref"]))
         return {"datasets": [dataset_dict(d) for d in matched], "adapters": found}

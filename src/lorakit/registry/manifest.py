@@ -103,18 +103,27 @@ def read_manifest(directory: str | Path) -> Manifest:
     """Validate ``directory`` as an adapter (the same checks as loading) and gather what the registry records."""
     path = Path(directory).expanduser().resolve()
     if not (path / CONFIG_FILE).exists() and (path / "adapter" / CONFIG_FILE).exists():
-        raise AdapterFileError(f"{path}: no {CONFIG_FILE} here; it looks like a training run: register {path / 'adapter'}")
+        raise AdapterFileError(
+            f"{path}: no {CONFIG_FILE} here; it looks like a training run: register {path / 'adapter'}"
+        )
     files = read_adapter(path)
     config, meta = files.config, files.meta
     targets = config.targets if isinstance(config.targets, str) else ",".join(sorted(config.targets))
     lineage = _dict(meta.get("lineage"))
     return Manifest(
-        path=path, files=hash_files(path), rank=config.r, alpha=float(config.alpha), targets=targets,
-        task_type=config.task_type, meta=meta, base=_base(meta, files.raw_config),
+        path=path,
+        files=hash_files(path),
+        rank=config.r,
+        alpha=float(config.alpha),
+        targets=targets,
+        task_type=config.task_type,
+        meta=meta,
+        base=_base(meta, files.raw_config),
         datasets=_datasets(meta, path),
         metrics=_metrics(meta.get("metrics")) + _metrics(_dict(meta.get("training")).get("metrics")),
         parents=[_parent(p, path) for p in lineage.get("parents") or []],
-        method=_text(lineage.get("method")), params=_dict(lineage.get("params")) or None,
+        method=_text(lineage.get("method")),
+        params=_dict(lineage.get("params")) or None,
     )
 
 
@@ -129,7 +138,9 @@ def _text(value: Any) -> str | None:
 
 
 def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+    return (
+        int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+    )
 
 
 def _number(value: Any) -> float | None:
@@ -145,8 +156,12 @@ def _base(meta: dict[str, Any], raw_config: dict[str, Any]) -> dict[str, Any] | 
         return None
     name = _text(base.get("name_or_path")) or _text(raw_config.get("base_model_name_or_path"))
     parameters = _int(base.get("parameters"))
-    return {"fingerprint": fingerprint, "name": name, "architecture": _text(base.get("architecture")),
-            "parameters": parameters if parameters is not None else count_parameters(name)}
+    return {
+        "fingerprint": fingerprint,
+        "name": name,
+        "architecture": _text(base.get("architecture")),
+        "parameters": parameters if parameters is not None else count_parameters(name),
+    }
 
 
 def count_parameters(base_name: str | None) -> int | None:
@@ -189,8 +204,17 @@ def _datasets(meta: dict[str, Any], where: Path) -> list[DatasetInfo]:
         name = _text(entry.get("name")) or (Path(uri).name if uri else None) or (sha[:12] if sha else None)
         if name is None:
             raise AdapterFileError(f"{where / 'lorakit.json'}: a dataset entry has none of name, path, uri, sha256")
-        found.append(DatasetInfo(name, uri, sha.lower() if sha else None, _int(entry.get("rows")), _text(entry.get("license")),
-                                 _text(entry.get("notes")), role or _text(entry.get("role")) or "train"))
+        found.append(
+            DatasetInfo(
+                name,
+                uri,
+                sha.lower() if sha else None,
+                _int(entry.get("rows")),
+                _text(entry.get("license")),
+                _text(entry.get("notes")),
+                role or _text(entry.get("role")) or "train",
+            )
+        )
     return found
 
 
@@ -201,12 +225,17 @@ def _metrics(value: Any) -> list[MetricInfo]:
             item = _dict(item)
             number = _number(item.get("value"))
             if _text(item.get("name")) and number is not None:
-                found.append(MetricInfo(str(item["name"]), number, _text(item.get("split")), _text(item.get("dataset"))))
+                found.append(
+                    MetricInfo(str(item["name"]), number, _text(item.get("split")), _text(item.get("dataset")))
+                )
     elif isinstance(value, dict):
         for key, item in value.items():
             if isinstance(item, dict):
-                found += [MetricInfo(str(name), number, str(key)) for name, inner in item.items()
-                          if (number := _number(inner)) is not None]
+                found += [
+                    MetricInfo(str(name), number, str(key))
+                    for name, inner in item.items()
+                    if (number := _number(inner)) is not None
+                ]
             elif (number := _number(item)) is not None:
                 found.append(MetricInfo(str(key), number))
     return found
@@ -222,6 +251,7 @@ def _parent(entry: Any, where: Path) -> ParentInfo:
     sha = _text(entry.get("sha256"))
     parent = ParentInfo(_text(entry.get("registry")), path, sha.lower() if sha else None, _number(entry.get("weight")))
     if parent.ref is None and parent.path is None and parent.sha256 is None:
-        raise AdapterFileError(f"{where / 'lorakit.json'}: a lineage parent has none of registry, path, sha256; "
-                               "it cannot be traced")
+        raise AdapterFileError(
+            f"{where / 'lorakit.json'}: a lineage parent has none of registry, path, sha256; it cannot be traced"
+        )
     return parent

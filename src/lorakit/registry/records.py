@@ -22,8 +22,14 @@ def iso(moment: _dt.datetime | None) -> str | None:
 
 
 def dataset_dict(dataset: Dataset, role: str | None = None) -> dict[str, Any]:
-    found = {"name": dataset.name, "uri": dataset.uri, "sha256": dataset.sha256, "rows": dataset.rows,
-             "license": dataset.license, "notes": dataset.notes}
+    found = {
+        "name": dataset.name,
+        "uri": dataset.uri,
+        "sha256": dataset.sha256,
+        "rows": dataset.rows,
+        "license": dataset.license,
+        "notes": dataset.notes,
+    }
     if role is not None:
         found["role"] = role
     return found
@@ -66,24 +72,54 @@ class AdapterRecord:
 
 def adapter_record(session: Session, adapter: Adapter) -> AdapterRecord:
     parent = aliased(Adapter)
-    edges = session.execute(select(LineageEdge, parent).join(parent, LineageEdge.parent_id == parent.id)
-                            .where(LineageEdge.child_id == adapter.id).order_by(LineageEdge.id)).all()
+    edges = session.execute(
+        select(LineageEdge, parent)
+        .join(parent, LineageEdge.parent_id == parent.id)
+        .where(LineageEdge.child_id == adapter.id)
+        .order_by(LineageEdge.id)
+    ).all()
     base = adapter.base
     return AdapterRecord(
-        name=adapter.name, version=adapter.version, path=adapter.path, status=adapter.status, owner=adapter.owner,
-        description=adapter.description, tags=[t.tag for t in adapter.tags], rank=adapter.rank, alpha=adapter.alpha,
-        targets=adapter.targets, task_type=adapter.task_type, size_bytes=adapter.size_bytes,
+        name=adapter.name,
+        version=adapter.version,
+        path=adapter.path,
+        status=adapter.status,
+        owner=adapter.owner,
+        description=adapter.description,
+        tags=[t.tag for t in adapter.tags],
+        rank=adapter.rank,
+        alpha=adapter.alpha,
+        targets=adapter.targets,
+        task_type=adapter.task_type,
+        size_bytes=adapter.size_bytes,
         files={f.filename: {"sha256": f.sha256, "size": f.size} for f in adapter.files},
-        base=None if base is None else {"name": base.name, "fingerprint": base.fingerprint,
-                                        "architecture": base.architecture, "parameters": base.parameters},
-        datasets=[dataset_dict(link.dataset, link.role) for link in sorted(adapter.datasets, key=lambda d: (d.role, d.dataset_id))],
+        base=None
+        if base is None
+        else {
+            "name": base.name,
+            "fingerprint": base.fingerprint,
+            "architecture": base.architecture,
+            "parameters": base.parameters,
+        },
+        datasets=[
+            dataset_dict(link.dataset, link.role)
+            for link in sorted(adapter.datasets, key=lambda d: (d.role, d.dataset_id))
+        ],
         metrics=[{"name": m.name, "value": m.value, "split": m.split, "dataset": m.dataset} for m in adapter.metrics],
         parents=[{"ref": p.ref, "method": e.method, "weight": e.weight, "params": e.params} for e, p in edges],
-        created_at=iso(adapter.created_at), status_changed_at=iso(adapter.status_changed_at),
-        trained_at=adapter.trained_at, lorakit_version=adapter.lorakit_version, meta=dict(adapter.meta or {}),
+        created_at=iso(adapter.created_at),
+        status_changed_at=iso(adapter.status_changed_at),
+        trained_at=adapter.trained_at,
+        lorakit_version=adapter.lorakit_version,
+        meta=dict(adapter.meta or {}),
     )
 
 
 def audit_dict(entry: AuditEntry) -> dict[str, Any]:
-    return {"at": iso(entry.at), "actor": entry.actor, "action": entry.action, "adapter": entry.adapter,
-            "details": entry.details}
+    return {
+        "at": iso(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "adapter": entry.adapter,
+        "details": entry.details,
+    }

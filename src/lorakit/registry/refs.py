@@ -19,8 +19,10 @@ _SELECTORS = (*STATUSES, "latest")
 def check_name(value: str, what: str = "name") -> str:
     if not _NAME.fullmatch(value) or (what == "version" and value in _SELECTORS):
         reserved = f" and not one of {', '.join(_SELECTORS)}" if what == "version" else ""
-        raise RegistryError(f"invalid adapter {what} {value!r}: use letters, digits, '.', '_' or '-' "
-                            f"(at most 128, starting with a letter or digit){reserved}")
+        raise RegistryError(
+            f"invalid adapter {what} {value!r}: use letters, digits, '.', '_' or '-' "
+            f"(at most 128, starting with a letter or digit){reserved}"
+        )
     return value
 
 
@@ -57,13 +59,17 @@ def lookup(session: Session, ref: str, *, include_retired: bool = False) -> Adap
     name, selector = parse_ref(ref)
     rows = session.scalars(select(Adapter).where(Adapter.name == name).order_by(Adapter.id)).all()
     if not rows:
-        raise RegistryError(f"no adapter named {name!r} in the registry; `lorakit registry list` shows what is registered")
+        raise RegistryError(
+            f"no adapter named {name!r} in the registry; `lorakit registry list` shows what is registered"
+        )
     listing = ", ".join(f"{a.ref} ({a.status})" for a in rows[-6:])
     if selector in STATUSES:
         matching = [a for a in rows if a.status == selector]
         if not matching:
-            raise RegistryError(f"{name} has no {selector} version (it has {listing}); "
-                                f"promote one with `lorakit registry promote {name}@VERSION --to {selector}`")
+            raise RegistryError(
+                f"{name} has no {selector} version (it has {listing}); "
+                f"promote one with `lorakit registry promote {name}@VERSION --to {selector}`"
+            )
         return max(matching, key=lambda a: (_stamp(a), a.id))
     if selector in (None, "latest"):
         live = [a for a in rows if a.status != "retired" or include_retired]

@@ -80,9 +80,12 @@ class Adapter(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     base: Mapped[BaseModel | None] = relationship(lazy="joined")
-    files: Mapped[list[AdapterFile]] = relationship(order_by="AdapterFile.filename", lazy="selectin",
-                                                    cascade="all, delete-orphan")
-    tags: Mapped[list[AdapterTag]] = relationship(order_by="AdapterTag.tag", lazy="selectin", cascade="all, delete-orphan")
+    files: Mapped[list[AdapterFile]] = relationship(
+        order_by="AdapterFile.filename", lazy="selectin", cascade="all, delete-orphan"
+    )
+    tags: Mapped[list[AdapterTag]] = relationship(
+        order_by="AdapterTag.tag", lazy="selectin", cascade="all, delete-orphan"
+    )
     metrics: Mapped[list[Metric]] = relationship(order_by="Metric.id", lazy="selectin", cascade="all, delete-orphan")
     datasets: Mapped[list[AdapterDataset]] = relationship(lazy="selectin", cascade="all, delete-orphan")
 

@@ -79,7 +79,9 @@ class Registry:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
                 yield session
         except IntegrityError as err:
-            raise RegistryError(f"registry {db.shown(self.url)} refused the change: {db.first_line(err.orig)}") from None
+            raise RegistryError(
+                f"registry {db.shown(self.url)} refused the change: {db.first_line(err.orig)}"
+            ) from None
         except DBAPIError as err:
             raise RegistryError(f"registry {db.shown(self.url)}: {db.first_line(err.orig)}") from None
 
@@ -94,12 +96,21 @@ class Registry:
     def log(self, session: Session, action: str, adapter: str | None, **details: Any) -> None:
         """Audit ``action`` on ``adapter``; written, with its snapshot and chain hash, when the write commits."""
         session.info.setdefault(_PENDING, []).append(
-            AuditEntry(at=utcnow(), actor=self.actor, action=action, adapter=adapter, details=details))
+            AuditEntry(at=utcnow(), actor=self.actor, action=action, adapter=adapter, details=details)
+        )
 
     # --- registration -----------------------------------------------------------------------------------
 
-    def add(self, directory: str | Path, *, name: str | None = None, version: str | None = None,
-            owner: str | None = None, description: str | None = None, tags: Iterable[str] = ()) -> AdapterRecord:
+    def add(
+        self,
+        directory: str | Path,
+        *,
+        name: str | None = None,
+        version: str | None = None,
+        owner: str | None = None,
+        description: str | None = None,
+        tags: Iterable[str] = (),
+    ) -> AdapterRecord:
         """Register an adapter directory as ``name@version`` (version: next integer when not given).
 
         Files are hashed; base, datasets, metrics and lineage come from ``lorakit.json``. A lineage parent
@@ -114,41 +125,80 @@ class Registry:
             adapter = self._insert(session, manifest, name, version, owner, description, list(tags), set())
             return adapter_record(session, adapter)
 
-    def _insert(self, session: Session, manifest: Manifest, name: str, version: str | None, owner: str | None,
-                description: str | None, tags: list[str], visiting: set[Path]) -> Adapter:
+    def _insert(
+        self,
+        session: Session,
+        manifest: Manifest,
+        name: str,
+        version: str | None,
+        owner: str | None,
+        description: str | None,
+        tags: list[str],
+        visiting: set[Path],
+    ) -> Adapter:
         visiting.add(manifest.path)
         parents = [(info, self._parents_of(session, info, manifest, visiting)) for info in manifest.parents]
         versions = session.scalars(select(Adapter.version).where(Adapter.name == name)).all()
         if version is None:
             version = str(max((int(v) for v in versions if v.isdigit()), default=0) + 1)
         elif version in versions:
-            raise RegistryError(f"{name}@{version} is already registered; choose another --version (or leave it out "
-                                "to take the next number)")
+            raise RegistryError(
+                f"{name}@{version} is already registered; choose another --version (or leave it out "
+                "to take the next number)"
+            )
         meta = manifest.meta
         now = utcnow()
         adapter = Adapter(
-            name=name, version=version, path=str(manifest.path), size_bytes=sum(size for _, size in manifest.files.values()),
-            rank=manifest.rank, alpha=manifest.alpha, targets=manifest.targets, task_type=manifest.task_type,
-            owner=owner or _meta_text(meta, "owner") or self.actor, description=description or _meta_text(meta, "description"),
-            status="draft", created_at=now, status_changed_at=now, trained_at=_meta_text(meta, "created_at"),
-            lorakit_version=_meta_text(meta, "lorakit_version"), meta=meta,
+            name=name,
+            version=version,
+            path=str(manifest.path),
+            size_bytes=sum(size for _, size in manifest.files.values()),
+            rank=manifest.rank,
+            alpha=manifest.alpha,
+            targets=manifest.targets,
+            task_type=manifest.task_type,
+            owner=owner or _meta_text(meta, "owner") or self.actor,
+            description=description or _meta_text(meta, "description"),
+            status="draft",
+            created_at=now,
+            status_changed_at=now,
+            trained_at=_meta_text(meta, "created_at"),
+            lorakit_version=_meta_text(meta, "lorakit_version"),
+            meta=meta,
             base=self._base(session, manifest.base) if manifest.base else None,
         )
         adapter.files = [AdapterFile(filename=f, sha256=sha, size=size) for f, (sha, size) in manifest.files.items()]
-        meta_tags = [t for t in meta.get("tags", []) if isinstance(t, str)] if isinstance(meta.get("tags"), list) else []
+        meta_tags = (
+            [t for t in meta.get("tags", []) if isinstance(t, str)] if isinstance(meta.get("tags"), list) else []
+        )
         adapter.tags = [AdapterTag(tag=t) for t in sorted({check_tag(t) for t in [*tags, *meta_tags]})]
-        adapter.metrics = [Metric(name=m.name, value=m.value, split=m.split, dataset=m.dataset) for m in manifest.metrics]
+        adapter.metrics = [
+            Metric(name=m.name, value=m.value, split=m.split, dataset=m.dataset) for m in manifest.metrics
+        ]
         links = {(self._dataset(session, d).id, d.role) for d in manifest.datasets}
         session.add(adapter)
         session.flush()
         adapter.datasets = [AdapterDataset(dataset_id=dataset_id, role=role) for dataset_id, role in sorted(links)]
         for info, matches in parents:
             for parent in matches:
-                session.add(LineageEdge(parent_id=parent.id, child_id=adapter.id, method=manifest.method,
-                                        weight=info.weight, params=manifest.params))
-        self.log(session, "register", adapter.ref, path=adapter.path, weights_sha256=manifest.weights_sha256,
-                 parents=sorted({p.ref for _, matches in parents for p in matches}),
-                 datasets=[d.name for d in manifest.datasets])
+                session.add(
+                    LineageEdge(
+                        parent_id=parent.id,
+                        child_id=adapter.id,
+                        method=manifest.method,
+                        weight=info.weight,
+                        params=manifest.params,
+                    )
+                )
+        self.log(
+            session,
+            "register",
+            adapter.ref,
+            path=adapter.path,
+            weights_sha256=manifest.weights_sha256,
+            parents=sorted({p.ref for _, matches in parents for p in matches}),
+            datasets=[d.name for d in manifest.datasets],
+        )
         session.flush()
         return adapter
 
@@ -156,8 +206,12 @@ class Registry:
         if info.ref is not None:
             return [lookup(session, info.ref)]
         if info.sha256 is not None:
-            found = session.scalars(select(Adapter).join(AdapterFile).where(
-                AdapterFile.filename == WEIGHTS_FILE, AdapterFile.sha256 == info.sha256).order_by(Adapter.id)).all()
+            found = session.scalars(
+                select(Adapter)
+                .join(AdapterFile)
+                .where(AdapterFile.filename == WEIGHTS_FILE, AdapterFile.sha256 == info.sha256)
+                .order_by(Adapter.id)
+            ).all()
         else:
             found = session.scalars(select(Adapter).where(Adapter.path == info.path).order_by(Adapter.id)).all()
         if found:
@@ -170,8 +224,10 @@ class Registry:
             raise RegistryError(f"{where} is its own ancestor; the lineage in lorakit.json is circular")
         parent = read_manifest(path)
         if info.sha256 is not None and parent.weights_sha256 != info.sha256:
-            raise RegistryError(f"{where} has changed since (weights sha256 {parent.weights_sha256[:12]}, lineage "
-                                f"says {info.sha256[:12]}); register the original parent first")
+            raise RegistryError(
+                f"{where} has changed since (weights sha256 {parent.weights_sha256[:12]}, lineage "
+                f"says {info.sha256[:12]}); register the original parent first"
+            )
         return [self._insert(session, parent, default_name(parent.path), None, None, None, [], visiting)]
 
     def _base(self, session: Session, info: dict[str, Any]) -> BaseModel:
@@ -208,8 +264,9 @@ class Registry:
         with self.reading() as session:
             return adapter_record(session, lookup(session, ref))
 
-    def list(self, *, base: str | None = None, status: str | None = None, owner: str | None = None,
-             tag: str | None = None) -> list[AdapterRecord]:
+    def list(
+        self, *, base: str | None = None, status: str | None = None, owner: str | None = None, tag: str | None = None
+    ) -> list[AdapterRecord]:
         """Adapters matching every filter given; ``base`` is a base name or a fingerprint (or its first 8+ characters)."""
         query = select(Adapter).order_by(Adapter.name, Adapter.id)
         if status is not None:
@@ -245,12 +302,16 @@ class Registry:
         with self.writing() as session:
             adapter = lookup(session, explicit(ref))
             if adapter.status == "retired":
-                raise RegistryError(f"{adapter.ref} is retired and cannot be promoted; register its directory again "
-                                    "as a new version")
+                raise RegistryError(
+                    f"{adapter.ref} is retired and cannot be promoted; register its directory again as a new version"
+                )
             if adapter.status != to:
                 if to == "production" and not allow_multiple:
-                    for other in session.scalars(select(Adapter).where(Adapter.name == adapter.name, Adapter.id != adapter.id,
-                                                                       Adapter.status == "production")):
+                    for other in session.scalars(
+                        select(Adapter).where(
+                            Adapter.name == adapter.name, Adapter.id != adapter.id, Adapter.status == "production"
+                        )
+                    ):
                         self._set_status(session, other, "staging", "demote", replaced_by=adapter.ref)
                 self._set_status(session, adapter, to, "promote", allow_multiple=allow_multiple)
             return adapter_record(session, adapter)
@@ -263,13 +324,16 @@ class Registry:
                 self._set_status(session, adapter, "retired", "retire", reason=reason)
             return adapter_record(session, adapter)
 
-    def record_metrics(self, ref: str, metrics: dict[str, float], *, split: str | None = None,
-                       dataset: str | None = None) -> AdapterRecord:
+    def record_metrics(
+        self, ref: str, metrics: dict[str, float], *, split: str | None = None, dataset: str | None = None
+    ) -> AdapterRecord:
         """Append measured ``metrics`` (name → value) to ``ref`` (audited), e.g. from ``lorakit eval``."""
         with self.writing() as session:
             adapter = lookup(session, explicit(ref))
             for metric, value in metrics.items():
-                session.add(Metric(adapter_id=adapter.id, name=metric, value=float(value), split=split, dataset=dataset))
+                session.add(
+                    Metric(adapter_id=adapter.id, name=metric, value=float(value), split=split, dataset=dataset)
+                )
             self.log(session, "metrics", adapter.ref, names=sorted(metrics), split=split, dataset=dataset)
             session.flush()
             session.refresh(adapter)
@@ -298,5 +362,3 @@ class Registry:
 def _meta_text(meta: dict[str, Any], key: str) -> str | None:
     value = meta.get(key)
     return value if isinstance(value, str) and value else None
-
-

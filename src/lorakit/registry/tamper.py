@@ -48,8 +48,14 @@ def adapter_state(session: Session, adapter: Adapter) -> dict[str, Any]:
 
 def entry_hash(prev_hash: str, entry: AuditEntry) -> str:
     """sha256 (hex) of ``prev_hash`` and the entry's content."""
-    content = {"at": iso(entry.at), "actor": entry.actor, "action": entry.action, "adapter": entry.adapter,
-               "details": entry.details or {}, "state": entry.state}
+    content = {
+        "at": iso(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "adapter": entry.adapter,
+        "details": entry.details or {},
+        "state": entry.state,
+    }
     return hashlib.sha256((prev_hash + "\n" + canonical(content)).encode("utf-8")).hexdigest()
 
 
@@ -99,19 +105,30 @@ def check_chain(session: Session) -> list[str]:
 
 def check_state(session: Session, adapter: Adapter) -> list[str]:
     """The fields of ``adapter``'s row that differ from its last audited snapshot (``field: was → now``)."""
-    last = session.scalars(select(AuditEntry).where(AuditEntry.adapter == adapter.ref, AuditEntry.state.isnot(None))
-                           .order_by(AuditEntry.id.desc()).limit(1)).first()
+    last = session.scalars(
+        select(AuditEntry)
+        .where(AuditEntry.adapter == adapter.ref, AuditEntry.state.isnot(None))
+        .order_by(AuditEntry.id.desc())
+        .limit(1)
+    ).first()
     if last is None:
-        return [f"{adapter.ref}: no audited change records this row (its audit entries were deleted, or the row "
-                "was inserted outside lorakit)"]
-    return [f"{adapter.ref}: {change} since audit entry #{last.id} ({last.action})"
-            for change in _differences(last.state, adapter_state(session, adapter))]
+        return [
+            f"{adapter.ref}: no audited change records this row (its audit entries were deleted, or the row "
+            "was inserted outside lorakit)"
+        ]
+    return [
+        f"{adapter.ref}: {change} since audit entry #{last.id} ({last.action})"
+        for change in _differences(last.state, adapter_state(session, adapter))
+    ]
 
 
 def _differences(was: Any, now: Any, path: str = "") -> list[str]:
     if isinstance(was, dict) and isinstance(now, dict):
-        return [change for key in sorted(set(was) | set(now))
-                for change in _differences(was.get(key), now.get(key), f"{path}.{key}" if path else key)]
+        return [
+            change
+            for key in sorted(set(was) | set(now))
+            for change in _differences(was.get(key), now.get(key), f"{path}.{key}" if path else key)
+        ]
     if isinstance(was, list) and isinstance(now, list) and len(was) == len(now):
         return [change for i, (a, b) in enumerate(zip(was, now)) for change in _differences(a, b, f"{path}[{i}]")]
     if was != now:

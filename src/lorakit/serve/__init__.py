@@ -6,5 +6,14 @@ from lorakit.serve.engine import Completion, Engine, PromptTooLongError
 from lorakit.serve.sampling import SamplingParams
 from lorakit.serve.scheduler import QueueFullError, Request
 
-__all__ = ["Engine", "Completion", "AdapterCache", "SamplingParams", "Request", "CacheFullError", "UnknownAdapterError",
-           "PromptTooLongError", "QueueFullError"]
+__all__ = [
+    "Engine",
+    "Completion",
+    "AdapterCache",
+    "SamplingParams",
+    "Request",
+    "CacheFullError",
+    "UnknownAdapterError",
+    "PromptTooLongError",
+    "QueueFullError",
+]

@@ -26,14 +26,26 @@ from lorakit.serve import generation
 from lorakit.serve.bodies import MAX_BODY_BYTES, ApiError, check_text, error_response, from_lorakit, read_body
 from lorakit.serve.engine import Engine
 from lorakit.serve.grammar import grammar_for
-from lorakit.serve.protocol import (ChatRequest, CompletionRequest, LoadAdapterRequest, LoadLoraRequest,
-                                    UnloadLoraRequest)
+from lorakit.serve.protocol import (
+    ChatRequest,
+    CompletionRequest,
+    LoadAdapterRequest,
+    LoadLoraRequest,
+    UnloadLoraRequest,
+)
 
 _INFERENCE = ("/v1/completions", "/v1/chat/completions")
 
 
-def create_app(engine: Engine, *, admin_token: str | None = None, adapter_root: str | Path | None = None,
-               chat_max_tokens: int = 256, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(
+    engine: Engine,
+    *,
+    admin_token: str | None = None,
+    adapter_root: str | Path | None = None,
+    chat_max_tokens: int = 256,
+    api_key: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
     """The FastAPI app; it starts the engine's background thread on startup and stops it on shutdown.
 
     ``chat_max_tokens``: a chat request's ``max_tokens`` when it gives none (16 for completions, as OpenAI),
@@ -63,8 +75,11 @@ def create_app(engine: Engine, *, admin_token: str | None = None, adapter_root: 
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, err: HTTPException) -> Response:
-        return error_response(err.status_code, f"{request.method} {request.url.path}: {err.detail}",
-                              "not_found" if err.status_code == 404 else "invalid_request")
+        return error_response(
+            err.status_code,
+            f"{request.method} {request.url.path}: {err.detail}",
+            "not_found" if err.status_code == 404 else "invalid_request",
+        )
 
     def _check_api_key(request: Request) -> None:
         if api_key is not None and not _bearer_matches(request, api_key):
@@ -72,16 +87,24 @@ def create_app(engine: Engine, *, admin_token: str | None = None, adapter_root: 
 
     def _check_admin(request: Request) -> None:
         if admin_token is None:
-            raise ApiError(403, "admin endpoints are disabled: start the server with --admin-token or LORAKIT_ADMIN_TOKEN",
-                           "admin_disabled")
+            raise ApiError(
+                403,
+                "admin endpoints are disabled: start the server with --admin-token or LORAKIT_ADMIN_TOKEN",
+                "admin_disabled",
+            )
         if not _bearer_matches(request, admin_token):
             raise ApiError(401, "missing or wrong bearer token for an admin endpoint", "unauthorized")
 
     @app.get("/health")
     async def health() -> dict:
         running = engine.scheduler.running
-        return {"status": "ok", "base": engine.base_name, "resident_adapters": len(engine.cache.resident),
-                "queued": engine.scheduler.queued, "running": len(running) if running is not None else 0}
+        return {
+            "status": "ok",
+            "base": engine.base_name,
+            "resident_adapters": len(engine.cache.resident),
+            "queued": engine.scheduler.queued,
+            "running": len(running) if running is not None else 0,
+        }
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -89,15 +112,31 @@ def create_app(engine: Engine, *, admin_token: str | None = None, adapter_root: 
 
     def _model_card(name: str, created: int) -> dict:
         if name == engine.base_name:
-            return {"id": name, "object": "model", "created": created, "owned_by": "lorakit", "parent": None, "root": name}
-        return {"id": name, "object": "model", "created": created, "owned_by": "lorakit", "parent": engine.base_name,
-                "root": engine.adapters()[name]}
+            return {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "lorakit",
+                "parent": None,
+                "root": name,
+            }
+        return {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "lorakit",
+            "parent": engine.base_name,
+            "root": engine.adapters()[name],
+        }
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
         _check_api_key(request)
         created = int(time.time())
-        return {"object": "list", "data": [_model_card(n, created) for n in [engine.base_name, *sorted(engine.adapters())]]}
+        return {
+            "object": "list",
+            "data": [_model_card(n, created) for n in [engine.base_name, *sorted(engine.adapters())]],
+        }
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str, request: Request) -> dict:
@@ -115,10 +154,21 @@ def create_app(engine: Engine, *, admin_token: str | None = None, adapter_root: 
         grammar = _grammar(body.response_format)
         count = body.best_of or body.n
         scoring = body.logprobs if body.logprobs is not None else (0 if count > body.n else None)
-        params = [body.sampling(_max_tokens(engine, body.max_tokens, 16, prompts), scoring, grammar, seed)
-                  for seed in generation.seeds(body.seed, count)]
-        return await generation.run(engine, request, body, prompts, params, chat=False, echo=body.echo, keep=body.n,
-                                    report_logprobs=body.logprobs is not None)
+        params = [
+            body.sampling(_max_tokens(engine, body.max_tokens, 16, prompts), scoring, grammar, seed)
+            for seed in generation.seeds(body.seed, count)
+        ]
+        return await generation.run(
+            engine,
+            request,
+            body,
+            prompts,
+            params,
+            chat=False,
+            echo=body.echo,
+            keep=body.n,
+            report_logprobs=body.logprobs is not None,
+        )
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -131,10 +181,13 @@ def create_app(engine: Engine, *, admin_token: str | None = None, adapter_root: 
             raise from_lorakit(err) from None
         grammar = _grammar(body.response_format)
         top = (body.top_logprobs or 0) if body.logprobs else None
-        params = [body.sampling(_max_tokens(engine, body.max_tokens, chat_max_tokens, [(ids, "")]), top, grammar, seed)
-                  for seed in generation.seeds(body.seed, body.n)]
-        return await generation.run(engine, request, body, [(ids, "")], params, chat=True, keep=body.n,
-                                    report_logprobs=body.logprobs)
+        params = [
+            body.sampling(_max_tokens(engine, body.max_tokens, chat_max_tokens, [(ids, "")]), top, grammar, seed)
+            for seed in generation.seeds(body.seed, body.n)
+        ]
+        return await generation.run(
+            engine, request, body, [(ids, "")], params, chat=True, keep=body.n, report_logprobs=body.logprobs
+        )
 
     @app.post("/v1/adapters", status_code=201)
     async def load(request: Request) -> dict:
@@ -211,7 +264,9 @@ def _allowed_source(path: str, root: Path | None, param: str) -> str:
     if path.startswith("registry:"):
         return path
     if root is None:
-        raise ApiError(403, "no --adapter-root is configured, so adapters cannot be loaded from paths", "path_forbidden", param)
+        raise ApiError(
+            403, "no --adapter-root is configured, so adapters cannot be loaded from paths", "path_forbidden", param
+        )
     candidate = Path(path)
     resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
     if not resolved.is_relative_to(root):

@@ -23,15 +23,26 @@ from lorakit.core.layers import RowRouting
 class Batch:
     """KV cache, attention mask, next positions and the adapter of every row; ``rows`` are the caller's objects."""
 
-    def __init__(self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor, adapters: list[str | None],
-                 rows: list, solo_plans: dict[str, dict] | None = None) -> None:
+    def __init__(
+        self,
+        cache: DynamicCache,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        adapters: list[str | None],
+        rows: list,
+        solo_plans: dict[str, dict] | None = None,
+    ) -> None:
         self.cache = cache
         self.mask = mask  # (batch, length) 1 = real token
         self.positions = positions  # (batch,)
         self.adapters = adapters
         self.rows = rows
         self.solo_plans = solo_plans
-        solo = adapters[0] if adapters and adapters[0] is not None and adapters.count(adapters[0]) == len(adapters) else None
+        solo = (
+            adapters[0]
+            if adapters and adapters[0] is not None and adapters.count(adapters[0]) == len(adapters)
+            else None
+        )
         plans = solo_plans.setdefault(solo, {}) if solo is not None and solo_plans is not None else None
         self.routing = RowRouting(adapters, mask.device, plans)
 
@@ -60,20 +71,33 @@ def _route(layers: list, routing: RowRouting) -> None:
             layer.routing = routing
 
 
-def prefill(model, layers: list, prompts: list[list[int]], adapters: list[str | None], rows: list,
-            pad_id: int, solo_plans: dict[str, dict] | None = None) -> tuple[Batch, torch.Tensor]:
+def prefill(
+    model,
+    layers: list,
+    prompts: list[list[int]],
+    adapters: list[str | None],
+    rows: list,
+    pad_id: int,
+    solo_plans: dict[str, dict] | None = None,
+) -> tuple[Batch, torch.Tensor]:
     """Run the prompts (left-padded) through the model; returns the batch and last-position logits ``(n, vocab)``."""
     longest = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), longest), dtype=torch.long)
     for row, prompt in enumerate(prompts):
-        ids[row, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, longest - len(prompt):] = 1
+        ids[row, longest - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, longest - len(prompt) :] = 1
     position_ids = (mask.cumsum(1) - 1).clamp(min=0)  # (n, longest)
     batch = Batch(DynamicCache(), mask, mask.sum(1), adapters, rows, solo_plans)
     _route(layers, batch.routing)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1,
-                **{_cache_argument(type(model)): batch.cache})
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+        **{_cache_argument(type(model)): batch.cache},
+    )
     return batch, out.logits[:, -1]
 
 
@@ -82,8 +106,13 @@ def decode(model, layers: list, batch: Batch, tokens: list[int]) -> torch.Tensor
     ids = torch.tensor(tokens, dtype=torch.long).view(-1, 1)  # (batch, 1)
     batch.mask = F.pad(batch.mask, (0, 1), value=1)  # (batch, length + 1)
     _route(layers, batch.routing)
-    out = model(input_ids=ids, attention_mask=batch.mask, position_ids=batch.positions.view(-1, 1), use_cache=True,
-                **{_cache_argument(type(model)): batch.cache})
+    out = model(
+        input_ids=ids,
+        attention_mask=batch.mask,
+        position_ids=batch.positions.view(-1, 1),
+        use_cache=True,
+        **{_cache_argument(type(model)): batch.cache},
+    )
     batch.positions = batch.positions + 1
     return out.logits[:, -1]
 
@@ -97,11 +126,19 @@ def join(a: Batch | None, b: Batch) -> Batch:
     def pad(t: torch.Tensor, have: int) -> torch.Tensor:
         return F.pad(t, (0, 0, length - have, 0)) if have < length else t  # (batch, heads, length, dim)
 
-    kv = [(torch.cat([pad(ka, a.length), pad(kb, b.length)]), torch.cat([pad(va, a.length), pad(vb, b.length)]))
-          for (ka, va), (kb, vb) in zip(a.kv, b.kv)]
+    kv = [
+        (torch.cat([pad(ka, a.length), pad(kb, b.length)]), torch.cat([pad(va, a.length), pad(vb, b.length)]))
+        for (ka, va), (kb, vb) in zip(a.kv, b.kv)
+    ]
     mask = torch.cat([F.pad(a.mask, (length - a.length, 0)), F.pad(b.mask, (length - b.length, 0))])
-    return Batch(DynamicCache(ddp_cache_data=kv), mask, torch.cat([a.positions, b.positions]), a.adapters + b.adapters,
-                 a.rows + b.rows, a.solo_plans)
+    return Batch(
+        DynamicCache(ddp_cache_data=kv),
+        mask,
+        torch.cat([a.positions, b.positions]),
+        a.adapters + b.adapters,
+        a.rows + b.rows,
+        a.solo_plans,
+    )
 
 
 def keep(batch: Batch, kept: list[int]) -> Batch | None:
@@ -114,5 +151,11 @@ def keep(batch: Batch, kept: list[int]) -> Batch | None:
     mask = batch.mask.index_select(0, index)
     start = int(mask.any(0).nonzero()[0])  # first column some kept row uses
     kv = [(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:]) for k, v in batch.kv]
-    return Batch(DynamicCache(ddp_cache_data=kv), mask[:, start:], batch.positions.index_select(0, index), [batch.adapters[i] for i in kept],
-                 [batch.rows[i] for i in kept], batch.solo_plans)
+    return Batch(
+        DynamicCache(ddp_cache_data=kv),
+        mask[:, start:],
+        batch.positions.index_select(0, index),
+        [batch.adapters[i] for i in kept],
+        [batch.rows[i] for i in kept],
+        batch.solo_plans,
+    )

@@ -14,17 +14,23 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from lorakit.core.errors import (AdapterFileError, AdapterMismatchError, AdapterStateError, ConfigError, LorakitError)
+from lorakit.core.errors import AdapterFileError, AdapterMismatchError, AdapterStateError, ConfigError, LorakitError
 from lorakit.serve.cache import CacheFullError, UnknownAdapterError
 from lorakit.serve.scheduler import QueueFullError
 
 MAX_BODY_BYTES = 4 * 2**20  # default request body limit (a 4 MB prompt is ~1M tokens, far past any context)
 RETRY_AFTER_SECONDS = 1
 
-_STATUS = [(UnknownAdapterError, 404, "model_not_found"), (QueueFullError, 429, "rate_limit_exceeded"),
-           (CacheFullError, 503, "adapters_busy"), (AdapterMismatchError, 409, "adapter_base_mismatch"),
-           (AdapterStateError, 409, "conflict"), (AdapterFileError, 400, "invalid_adapter"),
-           (ConfigError, 400, "invalid_request"), (LorakitError, 400, "invalid_request")]
+_STATUS = [
+    (UnknownAdapterError, 404, "model_not_found"),
+    (QueueFullError, 429, "rate_limit_exceeded"),
+    (CacheFullError, 503, "adapters_busy"),
+    (AdapterMismatchError, 409, "adapter_base_mismatch"),
+    (AdapterStateError, 409, "conflict"),
+    (AdapterFileError, 400, "invalid_adapter"),
+    (ConfigError, 400, "invalid_request"),
+    (LorakitError, 400, "invalid_request"),
+]
 
 
 class ApiError(Exception):
@@ -39,8 +45,9 @@ def error_response(status: int, message: str, code: str, param: str | None = Non
     """``{"error": {"message", "type", "param", "code"}}``; 429 and 503 carry ``Retry-After``."""
     kind = "invalid_request_error" if status < 500 else "server_error"
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status in (429, 503) else None
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                        status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status, headers=headers
+    )
 
 
 def from_lorakit(err: Exception) -> ApiError:
@@ -53,12 +60,18 @@ def from_lorakit(err: Exception) -> ApiError:
 def check_text(value: str, where: str) -> None:
     """400 if ``value`` holds a NUL byte or a lone surrogate (not encodable as UTF-8)."""
     if "\x00" in value:
-        raise ApiError(400, f"{where} holds a NUL byte (\\u0000), which lorakit does not accept", "invalid_unicode", where)
+        raise ApiError(
+            400, f"{where} holds a NUL byte (\\u0000), which lorakit does not accept", "invalid_unicode", where
+        )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise ApiError(400, f"{where} holds invalid Unicode ({err.reason} at character {err.start}): "
-                            "send valid UTF-8 text", "invalid_unicode", where) from None
+        raise ApiError(
+            400,
+            f"{where} holds invalid Unicode ({err.reason} at character {err.start}): send valid UTF-8 text",
+            "invalid_unicode",
+            where,
+        ) from None
 
 
 def _check_strings(value, path: str) -> None:
@@ -77,7 +90,9 @@ async def read_body(request: Request, model: type[BaseModel], limit: int = MAX_B
     """The request body parsed into ``model``; raises :class:`ApiError` (413 over ``limit`` bytes, else 400)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body of {int(declared):,} bytes is over the limit of {limit:,} bytes", "body_too_large")
+        raise ApiError(
+            413, f"request body of {int(declared):,} bytes is over the limit of {limit:,} bytes", "body_too_large"
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -88,7 +103,9 @@ async def read_body(request: Request, model: type[BaseModel], limit: int = MAX_B
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:
-        raise ApiError(400, f"request body is not UTF-8 (byte {err.start}): send UTF-8 JSON", "invalid_unicode") from None
+        raise ApiError(
+            400, f"request body is not UTF-8 (byte {err.start}): send UTF-8 JSON", "invalid_unicode"
+        ) from None
     except ValueError as err:
         raise ApiError(400, f"request body is not valid JSON: {err}", "invalid_json") from None
     if not isinstance(data, dict):
@@ -108,8 +125,12 @@ def validation_error(err: ValidationError, model: type[BaseModel]) -> ApiError:
     kind = first.get("type", "")
     field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
     if kind in ("extra_forbidden", "unsupported_parameter"):
-        return ApiError(400, f"parameter {field!r} is not supported by lorakit (see the README's serving section)",
-                        "unsupported_parameter", field)
+        return ApiError(
+            400,
+            f"parameter {field!r} is not supported by lorakit (see the README's serving section)",
+            "unsupported_parameter",
+            field,
+        )
     if field is None and kind in model.model_fields:  # a check across fields, named after the field it refuses
         return ApiError(400, f"{kind}: {first['msg']}", "invalid_request", kind)
     return ApiError(400, f"field {field or 'body'}: {first['msg']}", "invalid_request", field)

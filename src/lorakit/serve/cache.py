@@ -20,9 +20,9 @@ from torch import nn
 
 from lorakit.core import files as io
 from lorakit.core.errors import AdapterFileError, AdapterStateError, LorakitError
+from lorakit.core.files.peft_format import PREFIX
 from lorakit.core.layers import LoraLinear
 from lorakit.core.model import adapter_state, delete_adapter, lora_layers
-from lorakit.core.files.peft_format import PREFIX
 
 
 class CacheFullError(LorakitError):
@@ -105,7 +105,9 @@ class AdapterCache:
         tensors = io.check_fits(self.model, files, self.shapes[signature])
         size = sum(t.numel() * t.element_size() for t in tensors.values())
         if self.max_bytes is not None and size > self.max_bytes:
-            raise AdapterFileError(f"{files.path}: adapter needs {size:,} bytes, more than the cache budget of {self.max_bytes:,}")
+            raise AdapterFileError(
+                f"{files.path}: adapter needs {size:,} bytes, more than the cache budget of {self.max_bytes:,}"
+            )
         self._make_room(size)
         if self.lora_linears is None:
             self.lora_linears = {m: layer for m, layer in lora_layers(self.model) if isinstance(layer, LoraLinear)}
@@ -127,7 +129,9 @@ class AdapterCache:
         while over():
             victim = next((n for n in self.resident if not self.pins.get(n)), None)
             if victim is None:
-                raise CacheFullError(f"all {len(self.resident)} resident adapters are in use; retry when a request finishes")
+                raise CacheFullError(
+                    f"all {len(self.resident)} resident adapters are in use; retry when a request finishes"
+                )
             self._unload(victim)
             self.on_event("evict", victim)
 
@@ -143,8 +147,9 @@ class AdapterCache:
         self.on_event("unload", name)
 
 
-def _attach(model: nn.Module, name: str, files: io.AdapterFiles, tensors: dict,
-            lora_linears: dict[str, LoraLinear]) -> list[LoraLinear] | None:
+def _attach(
+    model: nn.Module, name: str, files: io.AdapterFiles, tensors: dict, lora_linears: dict[str, LoraLinear]
+) -> list[LoraLinear] | None:
     """Attach plain A/B factors to layers that are already LoRA layers (``lora_linears``, by module name) and
     return them; None when the adapter needs more (then nothing was touched)."""
     config = files.config
@@ -152,7 +157,7 @@ def _attach(model: nn.Module, name: str, files: io.AdapterFiles, tensors: dict,
         return None
     factors: dict[str, dict[str, object]] = {}
     for key, tensor in tensors.items():
-        module, _, kind = key[len(PREFIX):].rpartition(".lora_")
+        module, _, kind = key[len(PREFIX) :].rpartition(".lora_")
         if kind not in ("A.weight", "B.weight"):
             return None
         factors.setdefault(module, {})[kind[0]] = tensor

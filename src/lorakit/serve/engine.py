@@ -48,9 +48,18 @@ class Engine:
     together; ``max_queue`` the requests waiting; ``max_prompt_tokens`` the prompt length accepted.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, *, base_name: str = bases.DEFAULT_BASE, max_resident: int = 64,
-                 max_bytes: int | None = None, max_batch: int = 8, max_queue: int = 256,
-                 max_prompt_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        *,
+        base_name: str = bases.DEFAULT_BASE,
+        max_resident: int = 64,
+        max_bytes: int | None = None,
+        max_batch: int = 8,
+        max_queue: int = 256,
+        max_prompt_tokens: int | None = None,
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.base_name = base_name
@@ -119,7 +128,11 @@ class Engine:
         if not prompt:
             raise ConfigError("prompt is empty")
         vocab = self.model.config.vocab_size
-        for what, ids in (("prompt", prompt), ("stop_token_ids", params.stop_token_ids), ("logit_bias", list(params.logit_bias))):
+        for what, ids in (
+            ("prompt", prompt),
+            ("stop_token_ids", params.stop_token_ids),
+            ("logit_bias", list(params.logit_bias)),
+        ):
             if ids and (min(ids) < 0 or max(ids) >= vocab):
                 raise ConfigError(f"{what} token ids must lie in [0, {vocab}), got {min(ids)}..{max(ids)}")
         if len(prompt) > self.max_prompt_tokens:
@@ -127,9 +140,11 @@ class Engine:
         if params.max_tokens < 1:
             raise ConfigError(f"max_tokens must be at least 1, got {params.max_tokens}")
         if len(prompt) + params.max_tokens > self.max_context:
-            raise PromptTooLongError(f"prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) exceeds the "
-                                     f"context of {self.max_context} tokens; lower max_tokens to at most "
-                                     f"{self.max_context - len(prompt)}")
+            raise PromptTooLongError(
+                f"prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) exceeds the "
+                f"context of {self.max_context} tokens; lower max_tokens to at most "
+                f"{self.max_context - len(prompt)}"
+            )
         request = Request(adapter, prompt, params, emit)
         if params.grammar is not None:
             request.constraint = Constraint(params.grammar, self.tokenizer, vocab)
@@ -221,4 +236,3 @@ def _eos_ids(model: nn.Module, tokenizer) -> set[int]:
         elif isinstance(source, (list, tuple)):
             ids.update(int(i) for i in source)
     return ids
-

@@ -37,8 +37,17 @@ class Job:
     request: object = None
 
 
-async def run(engine: Engine, http: Request, body, prompts: list[tuple[list[int], str]], params: list[SamplingParams],
-              chat: bool, echo: bool = False, keep: int = 1, report_logprobs: bool = False):
+async def run(
+    engine: Engine,
+    http: Request,
+    body,
+    prompts: list[tuple[list[int], str]],
+    params: list[SamplingParams],
+    chat: bool,
+    echo: bool = False,
+    keep: int = 1,
+    report_logprobs: bool = False,
+):
     """Submit ``len(params)`` choices for each prompt and answer (a dict, or a streaming response).
 
     ``params`` has one entry per candidate; ``keep`` candidates per prompt are returned (``best_of``)."""
@@ -52,6 +61,7 @@ async def run(engine: Engine, http: Request, body, prompts: list[tuple[list[int]
                 loop.call_soon_threadsafe(events.put_nowait, (index, kind, payload))
             except RuntimeError:  # the event loop is gone (server shutting down)
                 pass
+
         return emit
 
     try:
@@ -59,17 +69,25 @@ async def run(engine: Engine, http: Request, body, prompts: list[tuple[list[int]
             for candidate in params:
                 job = Job(p, ids, text)
                 submit = (engine.submit, body.model, ids, candidate, emitter(len(jobs)))
-                job.request = await run_in_threadpool(*submit) if candidate.grammar is not None else submit[0](*submit[1:])
+                job.request = (
+                    await run_in_threadpool(*submit) if candidate.grammar is not None else submit[0](*submit[1:])
+                )
                 jobs.append(job)
     except LorakitError as err:
         _cancel(jobs)
         api = from_lorakit(err)
         api.param = "response_format" if isinstance(err, GrammarError) else api.param
         raise api from None
-    meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model}
+    meta = {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+        "created": int(time.time()),
+        "model": body.model,
+    }
     if body.stream:
-        return StreamingResponse(_stream(engine, jobs, events, meta, chat, echo, report_logprobs, body.include_usage),
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            _stream(engine, jobs, events, meta, chat, echo, report_logprobs, body.include_usage),
+            media_type="text/event-stream",
+        )
     collect = asyncio.ensure_future(_collect(jobs, events))
     gone = asyncio.ensure_future(_disconnected(http))
     try:
@@ -110,8 +128,17 @@ async def _collect(jobs: list[Job], events: asyncio.Queue) -> list[str]:
     return ["".join(t) for t in texts]
 
 
-def _whole(engine: Engine, jobs: list[Job], texts: list[str], meta: dict, chat: bool, echo: bool, keep: int,
-           per_prompt: int, report_logprobs: bool) -> dict:
+def _whole(
+    engine: Engine,
+    jobs: list[Job],
+    texts: list[str],
+    meta: dict,
+    chat: bool,
+    echo: bool,
+    keep: int,
+    per_prompt: int,
+    report_logprobs: bool,
+) -> dict:
     choices = []
     for start in range(0, len(jobs), per_prompt):
         group = list(range(start, start + per_prompt))
@@ -125,8 +152,11 @@ def _whole(engine: Engine, jobs: list[Job], texts: list[str], meta: dict, chat: 
                 choices.append(shapes.chat_choice(len(choices), text, request.finish_reason, logprobs))
             else:
                 prefix = job.prompt_text if echo else ""
-                logprobs = (shapes.completion_logprobs(engine.tokenizer, request.logprobs, len(prefix))
-                            if report_logprobs else None)
+                logprobs = (
+                    shapes.completion_logprobs(engine.tokenizer, request.logprobs, len(prefix))
+                    if report_logprobs
+                    else None
+                )
                 choices.append(shapes.completion_choice(len(choices), prefix + text, request.finish_reason, logprobs))
     prompt_tokens = sum(len(ids) for ids in {id(j.ids): j.ids for j in jobs}.values())
     completion_tokens = sum(len(j.request.tokens) for j in jobs)
@@ -134,8 +164,16 @@ def _whole(engine: Engine, jobs: list[Job], texts: list[str], meta: dict, chat: 
     return {**meta, "object": kind, "choices": choices, "usage": shapes.usage(prompt_tokens, completion_tokens)}
 
 
-async def _stream(engine: Engine, jobs: list[Job], events: asyncio.Queue, meta: dict, chat: bool, echo: bool,
-                  report_logprobs: bool, include_usage: bool) -> AsyncIterator[str]:
+async def _stream(
+    engine: Engine,
+    jobs: list[Job],
+    events: asyncio.Queue,
+    meta: dict,
+    chat: bool,
+    echo: bool,
+    report_logprobs: bool,
+    include_usage: bool,
+) -> AsyncIterator[str]:
     """OpenAI's chunks, one choice index per job, then the usage chunk (``include_usage``) and ``[DONE]``; a
     client that goes away cancels every job."""
     kind_name = "chat.completion.chunk" if chat else "text_completion"
@@ -144,7 +182,7 @@ async def _stream(engine: Engine, jobs: list[Job], events: asyncio.Queue, meta: 
 
     def chunk(index: int, text: str | None, finish: str | None, role: bool = False) -> str:
         request = jobs[index].request
-        entries = request.logprobs[sent[index]:] if report_logprobs else []
+        entries = request.logprobs[sent[index] :] if report_logprobs else []
         sent[index] += len(entries)
         if chat:
             logprobs = shapes.chat_logprobs(engine.tokenizer, entries) if report_logprobs else None
@@ -168,7 +206,9 @@ async def _stream(engine: Engine, jobs: list[Job], events: asyncio.Queue, meta: 
                 yield chunk(index, payload, None)
             elif kind == "error":
                 api = from_lorakit(payload)
-                yield shapes.sse({"error": {"message": api.message, "type": "server_error", "param": None, "code": api.code}})
+                yield shapes.sse(
+                    {"error": {"message": api.message, "type": "server_error", "param": None, "code": api.code}}
+                )
                 return
             else:
                 open_jobs -= 1
@@ -192,5 +232,9 @@ def seeds(seed: int | None, count: int) -> list[int | None]:
 def reject_unknown(engine: Engine, model: str) -> None:
     """404 before any work when ``model`` names neither the base nor a known adapter."""
     if model != engine.base_name and model not in engine.adapters():
-        raise ApiError(404, f"no model or adapter named {model!r}; known: {sorted([engine.base_name, *engine.adapters()])}",
-                       "model_not_found", "model")
+        raise ApiError(
+            404,
+            f"no model or adapter named {model!r}; known: {sorted([engine.base_name, *engine.adapters()])}",
+            "model_not_found",
+            "model",
+        )

@@ -17,6 +17,7 @@ import torch
 
 from lorakit.core.errors import ConfigError
 
+
 class GrammarError(ConfigError):
     """A ``response_format`` that cannot be turned into a grammar or enforced (HTTP 400 naming it)."""
 
@@ -80,7 +81,7 @@ class Constraint:
         bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
         mask = np.unpackbits(bits, bitorder="little")[:vocab].astype(bool)
         out = torch.zeros(vocab, dtype=torch.bool)
-        out[:mask.shape[0]] = torch.from_numpy(mask)
+        out[: mask.shape[0]] = torch.from_numpy(mask)
         return out
 
     def advance(self, token: int) -> None:

@@ -19,18 +19,41 @@ class Metrics:
         self.base_name = base_name
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("lorakit_requests", "Finished requests by adapter and outcome", ["adapter", "outcome"], registry=r)
+        self.requests = Counter(
+            "lorakit_requests", "Finished requests by adapter and outcome", ["adapter", "outcome"], registry=r
+        )
         self.prompt_tokens = Counter("lorakit_prompt_tokens", "Prompt tokens processed", ["adapter"], registry=r)
         self.completion_tokens = Counter("lorakit_completion_tokens", "Tokens generated", ["adapter"], registry=r)
-        self.latency = Histogram("lorakit_request_latency_seconds", "Time from arrival to the last token", ["adapter"],
-                                 buckets=_LATENCY_BUCKETS, registry=r)
-        self.first_token = Histogram("lorakit_time_to_first_token_seconds", "Time from arrival to the first token",
-                                     ["adapter"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.inter_token_latency = Histogram("lorakit_inter_token_latency_seconds", "Time between consecutive tokens of a request",
-                                             ["adapter"], buckets=_INTER_TOKEN_BUCKETS, registry=r)
-        self.rejected = Counter("lorakit_rejected_requests", "Requests refused before generating, by adapter and HTTP status",
-                                ["adapter", "status"], registry=r)
-        self.cache = Counter("lorakit_adapter_cache", "Adapter cache events (hit, miss, load, evict)", ["event"], registry=r)
+        self.latency = Histogram(
+            "lorakit_request_latency_seconds",
+            "Time from arrival to the last token",
+            ["adapter"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.first_token = Histogram(
+            "lorakit_time_to_first_token_seconds",
+            "Time from arrival to the first token",
+            ["adapter"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token_latency = Histogram(
+            "lorakit_inter_token_latency_seconds",
+            "Time between consecutive tokens of a request",
+            ["adapter"],
+            buckets=_INTER_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "lorakit_rejected_requests",
+            "Requests refused before generating, by adapter and HTTP status",
+            ["adapter", "status"],
+            registry=r,
+        )
+        self.cache = Counter(
+            "lorakit_adapter_cache", "Adapter cache events (hit, miss, load, evict)", ["event"], registry=r
+        )
         self.resident = Gauge("lorakit_resident_adapters", "Adapters resident in the model", registry=r)
         self.resident_bytes = Gauge("lorakit_resident_adapter_bytes", "Bytes of resident adapter factors", registry=r)
         self.queued = Gauge("lorakit_queued_requests", "Requests waiting to join the batch", registry=r)

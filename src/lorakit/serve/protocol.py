@@ -82,12 +82,24 @@ class _Sampling(BaseModel):
         return self
 
     def sampling(self, max_tokens: int, logprobs: int | None, grammar: str | None, seed: int | None) -> SamplingParams:
-        return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=max(self.top_k, 0),
-                              min_p=self.min_p, seed=seed, stop=list(self.stop or []),
-                              stop_token_ids=list(self.stop_token_ids or []), ignore_eos=self.ignore_eos,
-                              min_tokens=self.min_tokens, presence_penalty=self.presence_penalty,
-                              frequency_penalty=self.frequency_penalty, repetition_penalty=self.repetition_penalty,
-                              logit_bias=dict(self.logit_bias or {}), logprobs=logprobs, grammar=grammar)
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=max(self.top_k, 0),
+            min_p=self.min_p,
+            seed=seed,
+            stop=list(self.stop or []),
+            stop_token_ids=list(self.stop_token_ids or []),
+            ignore_eos=self.ignore_eos,
+            min_tokens=self.min_tokens,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            logit_bias=dict(self.logit_bias or {}),
+            logprobs=logprobs,
+            grammar=grammar,
+        )
 
     @property
     def include_usage(self) -> bool:
@@ -119,7 +131,9 @@ class CompletionRequest(_Sampling):
         if self.best_of is not None and self.best_of > self.n and self.stream:
             raise PydanticCustomError("best_of", "best_of larger than n cannot be streamed")
         if self.echo and self.logprobs is not None:
-            raise PydanticCustomError("echo", "echo with logprobs (log-probabilities of prompt tokens) is not supported")
+            raise PydanticCustomError(
+                "echo", "echo with logprobs (log-probabilities of prompt tokens) is not supported"
+            )
         return self
 
     @property
@@ -152,7 +166,8 @@ class Message(BaseModel):
     annotations: list | None = None
 
     _empty = field_validator("name", "refusal", "tool_calls", "function_call", "audio")(
-        classmethod(lambda cls, v: _refuse_unless_empty(v, (None, [], {}))))
+        classmethod(lambda cls, v: _refuse_unless_empty(v, (None, [], {})))
+    )
 
     def template_dict(self) -> dict:
         text = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
@@ -174,7 +189,8 @@ class ChatRequest(_Sampling):
 
     _tools = field_validator("tools", "functions")(classmethod(lambda cls, v: _refuse_unless_empty(v)))
     _choice = field_validator("tool_choice", "function_call")(
-        classmethod(lambda cls, v: _refuse_unless_empty(v, (None, "none"))))
+        classmethod(lambda cls, v: _refuse_unless_empty(v, (None, "none")))
+    )
 
     @model_validator(mode="after")
     def _top(self):

@@ -40,18 +40,29 @@ def completion_logprobs(tokenizer, entries: list[TokenLogprobs], offset: int = 0
     for text in tokens:
         offsets.append(offset)
         offset += len(text)
-    return {"tokens": tokens, "token_logprobs": [_value(e.logprob) for e in entries],
-            "top_logprobs": [{token_text(tokenizer, t): _value(lp) for t, lp in e.top} for e in entries],
-            "text_offset": offsets}
+    return {
+        "tokens": tokens,
+        "token_logprobs": [_value(e.logprob) for e in entries],
+        "top_logprobs": [{token_text(tokenizer, t): _value(lp) for t, lp in e.top} for e in entries],
+        "text_offset": offsets,
+    }
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def chat_choice(index: int, text: str, finish: str | None, logprobs: dict | None) -> dict:
-    return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": logprobs}
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": text},
+        "finish_reason": finish,
+        "logprobs": logprobs,
+    }
 
 
 def completion_choice(index: int, text: str, finish: str | None, logprobs: dict | None) -> dict:

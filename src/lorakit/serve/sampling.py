@@ -47,9 +47,17 @@ class SamplingParams:
     @property
     def plain(self) -> bool:
         """No processing of the logits beyond temperature and nucleus sampling (the fast path)."""
-        return (not self.logit_bias and self.repetition_penalty == 1.0 and not self.presence_penalty
-                and not self.frequency_penalty and not self.min_tokens and self.logprobs is None
-                and self.grammar is None and self.top_k <= 0 and self.min_p == 0.0)
+        return (
+            not self.logit_bias
+            and self.repetition_penalty == 1.0
+            and not self.presence_penalty
+            and not self.frequency_penalty
+            and not self.min_tokens
+            and self.logprobs is None
+            and self.grammar is None
+            and self.top_k <= 0
+            and self.min_p == 0.0
+        )
 
     def generator(self) -> torch.Generator | None:
         if self.temperature == 0:
@@ -68,7 +76,9 @@ class TokenLogprobs:
     top: list[tuple[int, float]]
 
 
-def next_tokens(logits: torch.Tensor, rows: list, eos_ids: set[int] = frozenset()) -> list[tuple[int, TokenLogprobs | None]]:
+def next_tokens(
+    logits: torch.Tensor, rows: list, eos_ids: set[int] = frozenset()
+) -> list[tuple[int, TokenLogprobs | None]]:
     """One token per row from ``logits: (batch, vocab)``. ``rows`` have ``params``, ``generator``, ``prompt``,
     ``tokens`` (the output so far) and ``constraint`` (a :class:`~lorakit.serve.grammar.Constraint` or None).
     Greedy rows without processing share one argmax."""
@@ -128,7 +138,7 @@ def _draw(scaled: torch.Tensor, p: SamplingParams, generator: torch.Generator) -
     if p.top_p < 1.0 or p.top_k > 0 or p.min_p > 0:
         sorted_probs, order = probs.sort(descending=True)
         if p.top_k > 0:
-            sorted_probs[p.top_k:] = 0.0
+            sorted_probs[p.top_k :] = 0.0
         if p.top_p < 1.0:
             outside = sorted_probs.cumsum(0) - sorted_probs >= p.top_p  # mass before a token already reaches top_p
             sorted_probs[outside] = 0.0
@@ -176,6 +186,6 @@ class TextStream:
     def _emit(self, upto: int) -> str:
         if upto <= self.sent:
             return ""
-        delta = self.text[self.sent:upto]
+        delta = self.text[self.sent : upto]
         self.sent = upto
         return delta

@@ -77,7 +77,9 @@ class Scheduler:
     def submit(self, request: Request) -> None:
         with self.wakeup:
             if self.queued >= self.max_queue:
-                raise QueueFullError(f"{self.queued} requests are already waiting (max_queue {self.max_queue}); retry later")
+                raise QueueFullError(
+                    f"{self.queued} requests are already waiting (max_queue {self.max_queue}); retry later"
+                )
             self.waiting.setdefault(request.adapter, deque()).append(request)
             self.wakeup.notify()
 
@@ -150,8 +152,15 @@ class Scheduler:
             request.stream = TextStream(engine.tokenizer, request.params.stop)
             request.generator = request.params.generator()
         try:
-            fresh, logits = batching.prefill(engine.model, engine.layers, [r.prompt for r in newcomers],
-                                             [r.adapter for r in newcomers], newcomers, engine.pad_id, engine.solo_plans)
+            fresh, logits = batching.prefill(
+                engine.model,
+                engine.layers,
+                [r.prompt for r in newcomers],
+                [r.adapter for r in newcomers],
+                newcomers,
+                engine.pad_id,
+                engine.solo_plans,
+            )
         except Exception as err:
             for request in newcomers:
                 self._fail(request, err)

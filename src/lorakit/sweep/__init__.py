@@ -27,8 +27,14 @@ def load_sweep(source, overrides: list[str] = ()):
     return load(source, overrides)
 
 
-def run_sweep(source: str | Path | dict[str, Any] | Any, overrides: list[str] = (), *, mode: str = "new",
-              on_trial: Callable[[Any, Any], None] | None = None, progress: bool = False) -> dict[str, Any]:
+def run_sweep(
+    source: str | Path | dict[str, Any] | Any,
+    overrides: list[str] = (),
+    *,
+    mode: str = "new",
+    on_trial: Callable[[Any, Any], None] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Run (``mode="new"``), continue (``"resume"``) or join (``"worker"``) the sweep ``source`` describes
     (a YAML path, a dict, or a :class:`~lorakit.sweep.spec.SweepSpec` from :func:`load_sweep`).
 
@@ -39,7 +45,8 @@ def run_sweep(source: str | Path | dict[str, Any] | Any, overrides: list[str] = 
     Raises :class:`~lorakit.core.errors.ConfigError` for a bad sweep file or search space (naming the key) and
     for a storage that cannot be opened; re-raises Ctrl-C after queueing the interrupted trial again.
     """
-    from lorakit.sweep.spec import SweepSpec, load_sweep as load
+    from lorakit.sweep.spec import SweepSpec
+    from lorakit.sweep.spec import load_sweep as load
     from lorakit.sweep.study import open_study, work
     from lorakit.sweep.trial import run_trial
 
@@ -47,8 +54,13 @@ def run_sweep(source: str | Path | dict[str, Any] | Any, overrides: list[str] = 
         raise ValueError(f"mode must be new, resume or worker, got {mode!r}")
     spec = source if isinstance(source, SweepSpec) else load(source, overrides)
     study, storage = open_study(spec, mode=mode)
-    work(spec, study, storage, lambda trial: run_trial(spec, trial, progress=progress),
-         on_trial=on_trial or (lambda s, t: None))
+    work(
+        spec,
+        study,
+        storage,
+        lambda trial: run_trial(spec, trial, progress=progress),
+        on_trial=on_trial or (lambda s, t: None),
+    )
     return write_results(spec, study)
 
 
@@ -70,8 +82,16 @@ def write_results(spec, study) -> dict[str, Any]:
     summary = progress_line(study, spec)
     html = report_html(spec, rows, numbers, png, summary, spec.output / "report.html")
     promoted = promote(spec, best)
-    return {"rows": rows, "best": numbers, "promoted": promoted, "csv": csv_path, "png": png, "html": html,
-            "summary": summary, "spec": spec}
+    return {
+        "rows": rows,
+        "best": numbers,
+        "promoted": promoted,
+        "csv": csv_path,
+        "png": png,
+        "html": html,
+        "summary": summary,
+        "spec": spec,
+    }
 
 
 class _CallableSweep(types.ModuleType):

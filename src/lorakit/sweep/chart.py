@@ -37,14 +37,29 @@ def pareto_png(spec: SweepSpec, rows: list[dict[str, Any]], best: list[int], pat
     largest = max(r["adapter_mb"] or 0.0 for r in done) or 1.0
     sizes = [30 + 470 * (r["adapter_mb"] or 0.0) / largest for r in done]
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
-    axes.scatter([r["drift_kl"] for r in done], [r[metric] for r in done], s=sizes, alpha=0.55, color="#4C72B0",
-                 edgecolors="none", label="trial (area ∝ adapter MB)")
+    axes.scatter(
+        [r["drift_kl"] for r in done],
+        [r[metric] for r in done],
+        s=sizes,
+        alpha=0.55,
+        color="#4C72B0",
+        edgecolors="none",
+        label="trial (area ∝ adapter MB)",
+    )
     top = [r for r in done if r["trial"] in best]
-    axes.scatter([r["drift_kl"] for r in top], [r[metric] for r in top], s=[sizes[done.index(r)] for r in top],
-                 facecolors="none", edgecolors="#C44E52", linewidths=2,
-                 label="best trial" if len(spec.objectives) == 1 else "Pareto set")
+    axes.scatter(
+        [r["drift_kl"] for r in top],
+        [r[metric] for r in top],
+        s=[sizes[done.index(r)] for r in top],
+        facecolors="none",
+        edgecolors="#C44E52",
+        linewidths=2,
+        label="best trial" if len(spec.objectives) == 1 else "Pareto set",
+    )
     for r in done:
-        axes.annotate(f"#{r['trial']}", (r["drift_kl"], r[metric]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        axes.annotate(
+            f"#{r['trial']}", (r["drift_kl"], r[metric]), textcoords="offset points", xytext=(6, 4), fontsize=8
+        )
     axes.set_xlabel("drift: KL(base ‖ adapted), general prompts (lower is better)")
     direction = spec.objectives.get(metric, "minimize")
     axes.set_ylabel(f"{metric} ({'higher' if direction == 'maximize' else 'lower'} is better)")
@@ -83,19 +98,34 @@ Sampler <code>{{ sampler }}</code>; eval rows <code>{{ eval_data }}</code>.
 """
 
 
-def report_html(spec: SweepSpec, rows: list[dict[str, Any]], best: list[int], png: Path | None, summary: str,
-                path: Path) -> Path:
+def report_html(
+    spec: SweepSpec, rows: list[dict[str, Any]], best: list[int], png: Path | None, summary: str, path: Path
+) -> Path:
     """Write the one-file HTML report to ``path`` (atomically)."""
     from jinja2 import Environment
 
     template = Environment(autoescape=True).from_string(_PAGE)
-    space = {p.name: (list(p.choices) if p.kind in ("choice", "ratio") else {"low": p.low, "high": p.high, "log": p.log,
-                                                                               "step": p.step}) for p in spec.space.params}
+    space = {
+        p.name: (
+            list(p.choices)
+            if p.kind in ("choice", "ratio")
+            else {"low": p.low, "high": p.high, "log": p.log, "step": p.step}
+        )
+        for p in spec.space.params
+    }
     html = template.render(
-        name=spec.name, summary=summary, objectives=spec.objectives, sampler=spec.sampler, eval_data=spec.eval_data,
-        best=best, best_label="the best trial" if len(spec.objectives) == 1 else "the Pareto set",
+        name=spec.name,
+        summary=summary,
+        objectives=spec.objectives,
+        sampler=spec.sampler,
+        eval_data=spec.eval_data,
+        best=best,
+        best_label="the best trial" if len(spec.objectives) == 1 else "the Pareto set",
         png=base64.b64encode(png.read_bytes()).decode() if png else None,
-        columns=list(rows[0]) if rows else [], rows=rows, space=json.dumps(space, indent=2),
-        show=lambda v: "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
+        columns=list(rows[0]) if rows else [],
+        rows=rows,
+        space=json.dumps(space, indent=2),
+        show=lambda v: "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v),
+    )
     atomic.write_text(path, html)
     return path

@@ -100,8 +100,10 @@ def progress_line(study: optuna.Study, spec: SweepSpec) -> str:
     count = {s: sum(1 for t in trials if t.state == s) for s in TrialState}
     finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
     total = f"/{spec.trials}" if spec.trials is not None else ""
-    line = (f"{finished}{total} done ({count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed, "
-            f"{count[TrialState.RUNNING]} running)")
+    line = (
+        f"{finished}{total} done ({count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed, "
+        f"{count[TrialState.RUNNING]} running)"
+    )
     best = best_trials(study)
     if best and len(spec.objectives) == 1:
         metric = next(iter(spec.objectives))

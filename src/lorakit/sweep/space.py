@@ -24,8 +24,8 @@ from typing import Any
 import optuna
 from pydantic import BaseModel
 
-from lorakit.core.errors import ConfigError
 from lorakit.core.config import LoraConfig
+from lorakit.core.errors import ConfigError
 from lorakit.train.config import RunConfig, load_config
 
 _RANGE_KEYS = {"low", "high", "log", "step"}
@@ -127,16 +127,20 @@ class SearchSpace:
 def parse_space(raw: Any, base: dict[str, Any], where: str) -> SearchSpace:
     """Read and check a ``space:`` mapping against the training config ``base`` (a dict of the config file)."""
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{where}: 'space' must be a non-empty mapping of config keys to choices or ranges, "
-                          "e.g. space: {lora.r: [4, 8, 16]}")
+        raise ConfigError(
+            f"{where}: 'space' must be a non-empty mapping of config keys to choices or ranges, "
+            "e.g. space: {lora.r: [4, 8, 16]}"
+        )
     params = [_parse_param(str(key), spec, where) for key, spec in raw.items()]
     keys = {p.key for p in params}
     ordered = [p for p in params if p.kind != "ratio"]
     for param in params:
         if param.kind == "ratio":
             if param.ratio_of not in keys:
-                raise ConfigError(f"{where}: space key {param.key!r}: ratio_of {param.ratio_of!r} must itself be a "
-                                  f"searched key (otherwise write the values of {param.key!r} as choices)")
+                raise ConfigError(
+                    f"{where}: space key {param.key!r}: ratio_of {param.ratio_of!r} must itself be a "
+                    f"searched key (otherwise write the values of {param.key!r} as choices)"
+                )
             if any(p.key == param.ratio_of and p.kind == "ratio" for p in params):
                 raise ConfigError(f"{where}: space key {param.key!r}: ratio_of {param.ratio_of!r} is itself a ratio")
             ordered.append(param)
@@ -191,8 +195,10 @@ def _check_key(key: str, where: str) -> None:
     parts = key.split(".")
     valid = sorted([f"lora.{f.name}" for f in dataclasses.fields(LoraConfig)] + _config_keys(RunConfig, ""))
     if key not in valid:
-        close = [v for v in valid if v.split(".")[-1] == parts[-1]] or [v for v in valid if v.startswith(parts[0] + ".")]
-        hint = f"; did you mean {close[0]!r}?" if close else f"; keys look like lora.r, train.lr, data.max_length"
+        close = [v for v in valid if v.split(".")[-1] == parts[-1]] or [
+            v for v in valid if v.startswith(parts[0] + ".")
+        ]
+        hint = f"; did you mean {close[0]!r}?" if close else "; keys look like lora.r, train.lr, data.max_length"
         raise ConfigError(f"{where}: space key {key!r} is not a training config key{hint}")
 
 
@@ -226,8 +232,10 @@ def _check_values(space: SearchSpace, base: dict[str, Any], where: str) -> None:
     for param in space.params:
         if param.kind == "ratio":
             continue
-        samples = [_loaded(v) for v in ([_stored(c) for c in param.choices] if param.kind == "choice"
-                                        else [param.low, param.high])]
+        samples = [
+            _loaded(v)
+            for v in ([_stored(c) for c in param.choices] if param.kind == "choice" else [param.low, param.high])
+        ]
         for value in samples:
             try:
                 load_config(apply(base, {param.key: value}))

@@ -44,13 +44,34 @@ from lorakit.train.config import RunConfig, load_config
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
 DIRECTIONS = ("maximize", "minimize")
 TRIAL_METRICS = ("eval_loss", "train_loss", "drift_kl", "adapter_mb", "adapter_params")
-_KEYS = {"name", "config", "eval", "space", "objectives", "sampler", "seed", "budget", "pruner", "heartbeat", "storage",
-         "registry", "promote", "output"}
+_KEYS = {
+    "name",
+    "config",
+    "eval",
+    "space",
+    "objectives",
+    "sampler",
+    "seed",
+    "budget",
+    "pruner",
+    "heartbeat",
+    "storage",
+    "registry",
+    "promote",
+    "output",
+}
 _DOTTED = ("space", "objectives")
-_SCORES = {"exact_match": ["exact_match"], "normalized_match": ["normalized_match"], "token_f1": ["token_f1"],
-           "rouge_l": ["rouge_l"], "json": ["json_valid", "json_exact_match"], "schema": ["schema_compliance"],
-           "regex": ["regex_compliance"], "choice": ["choice_accuracy"],
-           "perplexity": ["reference_loss", "reference_perplexity"]}
+_SCORES = {
+    "exact_match": ["exact_match"],
+    "normalized_match": ["normalized_match"],
+    "token_f1": ["token_f1"],
+    "rouge_l": ["rouge_l"],
+    "json": ["json_valid", "json_exact_match"],
+    "schema": ["schema_compliance"],
+    "regex": ["regex_compliance"],
+    "choice": ["choice_accuracy"],
+    "perplexity": ["reference_loss", "reference_perplexity"],
+}
 
 
 @dataclass
@@ -119,12 +140,21 @@ def load_sweep(source: str | Path | dict[str, Any], overrides: list[str] = ()) -
     rows = load_rows(eval_data)
     objectives = _objectives(raw.get("objectives"), rows, task, where)
     budget = _section(raw, "budget", where)
-    spec = SweepSpec(name=name, config=config, space=space, objectives=objectives, eval_rows=rows,
-                     eval_data=str(eval_data), task=task, drift_prompts=evaluation.get("drift_prompts"),
-                     seed=_integer(raw.get("seed", 0), where, "seed", low=0),
-                     trials=_integer(budget.get("trials"), where, "budget.trials") if budget.get("trials") is not None else None,
-                     minutes=_positive(budget.get("minutes"), where, "budget.minutes"),
-                     registry=raw.get("registry"), output=Path(raw.get("output") or f"runs/sweep-{name}"))
+    spec = SweepSpec(
+        name=name,
+        config=config,
+        space=space,
+        objectives=objectives,
+        eval_rows=rows,
+        eval_data=str(eval_data),
+        task=task,
+        drift_prompts=evaluation.get("drift_prompts"),
+        seed=_integer(raw.get("seed", 0), where, "seed", low=0),
+        trials=_integer(budget.get("trials"), where, "budget.trials") if budget.get("trials") is not None else None,
+        minutes=_positive(budget.get("minutes"), where, "budget.minutes"),
+        registry=raw.get("registry"),
+        output=Path(raw.get("output") or f"runs/sweep-{name}"),
+    )
     spec.sampler = _sampler(raw.get("sampler"), spec, where)
     spec.pruner = _pruner(raw.get("pruner", spec.pruner), where)
     spec.heartbeat = _heartbeat(raw.get("heartbeat", spec.heartbeat), where)
@@ -134,7 +164,9 @@ def load_sweep(source: str | Path | dict[str, Any], overrides: list[str] = ()) -
         size = len(spec.space.grid())
         spec.trials = min(spec.trials or size, size)
     elif spec.trials is None and spec.minutes is None:
-        raise ConfigError(f"{where}: budget: give trials and/or minutes (the {spec.sampler} sampler has no end of its own)")
+        raise ConfigError(
+            f"{where}: budget: give trials and/or minutes (the {spec.sampler} sampler has no end of its own)"
+        )
     return spec
 
 
@@ -145,7 +177,9 @@ def _name(name: str, where: str) -> str:
     try:
         return check_name(name)
     except RegistryError as err:
-        raise ConfigError(f"{where}: name: {err} (it names the study and every trial's adapter in the registry)") from None
+        raise ConfigError(
+            f"{where}: name: {err} (it names the study and every trial's adapter in the registry)"
+        ) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -155,7 +189,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML ({getattr(err, 'problem', err)})") from None
+        raise ConfigError(
+            f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML ({getattr(err, 'problem', err)})"
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a sweep file is a mapping (config, space, objectives, budget, …)")
     return raw
@@ -220,8 +256,10 @@ def _task(value: Any, where: str) -> TaskSpec:
 def _objectives(value: Any, rows: list[EvalRow], task: TaskSpec, where: str) -> dict[str, str]:
     value = {"eval_loss": "minimize"} if value is None else value
     if not isinstance(value, dict) or not value:
-        raise ConfigError(f"{where}: objectives must map metric names to maximize/minimize, e.g. "
-                          "{json_exact_match: maximize, drift_kl: minimize}")
+        raise ConfigError(
+            f"{where}: objectives must map metric names to maximize/minimize, e.g. "
+            "{json_exact_match: maximize, drift_kl: minimize}"
+        )
     plan = plan_task(rows, task)
     known = [*TRIAL_METRICS, *(s for m in plan.metrics for s in _SCORES[m])]
     if "json" in plan.metrics:
@@ -240,8 +278,10 @@ def _sampler(value: Any, spec: SweepSpec, where: str) -> str:
         raise ConfigError(f"{where}: sampler {chosen!r} unknown; choose from {', '.join(SAMPLERS)}")
     if chosen == "grid" and not spec.space.finite:
         loose = next(p.key for p in spec.space.params if not p.finite)
-        raise ConfigError(f"{where}: space key {loose!r}: the grid sampler needs a finite range; give it a 'step' "
-                          "or a list of choices")
+        raise ConfigError(
+            f"{where}: space key {loose!r}: the grid sampler needs a finite range; give it a 'step' "
+            "or a list of choices"
+        )
     return chosen
 
 
@@ -250,8 +290,10 @@ def _pruner(value: Any, where: str) -> dict[str, int] | None:
         return None
     if not isinstance(value, dict) or set(value) - {"startup_trials", "warmup_steps"}:
         raise ConfigError(f"{where}: pruner must be 'none' or {{startup_trials, warmup_steps}}, got {value!r}")
-    return {"startup_trials": _integer(value.get("startup_trials", 2), where, "pruner.startup_trials", low=0),
-            "warmup_steps": _integer(value.get("warmup_steps", 0), where, "pruner.warmup_steps", low=0)}
+    return {
+        "startup_trials": _integer(value.get("startup_trials", 2), where, "pruner.startup_trials", low=0),
+        "warmup_steps": _integer(value.get("warmup_steps", 0), where, "pruner.warmup_steps", low=0),
+    }
 
 
 def _heartbeat(value: Any, where: str) -> dict[str, int]:

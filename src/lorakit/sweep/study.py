@@ -30,10 +30,9 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
-from sqlalchemy.engine import make_url
 
 from lorakit.core.errors import ConfigError, LorakitError
 from lorakit.sweep.spec import SweepSpec
@@ -49,12 +48,17 @@ def open_storage(spec: SweepSpec) -> RDBStorage:
     kwargs = {"connect_args": {"timeout": 60}} if url.get_backend_name() == "sqlite" else {}
     try:
         with _stable():
-            return RDBStorage(spec.storage, engine_kwargs=kwargs, heartbeat_interval=spec.heartbeat["interval"],
-                              grace_period=spec.heartbeat["grace"],
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+            return RDBStorage(
+                spec.storage,
+                engine_kwargs=kwargs,
+                heartbeat_interval=spec.heartbeat["interval"],
+                grace_period=spec.heartbeat["grace"],
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            )
     except Exception as err:  # the driver's own errors (unreachable server, bad credentials, missing driver)
-        raise ConfigError(f"storage {url.render_as_string(hide_password=True)} could not be opened: "
-                          f"{str(err).splitlines()[0]}") from None
+        raise ConfigError(
+            f"storage {url.render_as_string(hide_password=True)} could not be opened: {str(err).splitlines()[0]}"
+        ) from None
 
 
 def sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
@@ -70,8 +74,9 @@ def sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
 def pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     if spec.pruner is None or len(spec.objectives) > 1:
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=spec.pruner["startup_trials"],
-                                       n_warmup_steps=spec.pruner["warmup_steps"])
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=spec.pruner["startup_trials"], n_warmup_steps=spec.pruner["warmup_steps"]
+    )
 
 
 @contextlib.contextmanager
@@ -92,8 +97,10 @@ def claim_lock(url: str, name: str) -> Iterator[None]:
         connection = _lock_engine(url).connect()
     except (ImportError, SQLAlchemyError) as err:
         hint = "; install lorakit[postgres] for the psycopg driver" if isinstance(err, ImportError) else ""
-        raise ConfigError(f"storage {parsed.render_as_string(hide_password=True)} could not be opened: "
-                          f"{str(err).splitlines()[0]}{hint}") from None
+        raise ConfigError(
+            f"storage {parsed.render_as_string(hide_password=True)} could not be opened: "
+            f"{str(err).splitlines()[0]}{hint}"
+        ) from None
     with connection:
         connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
         connection.commit()
@@ -119,15 +126,25 @@ def open_study(spec: SweepSpec, *, mode: str) -> tuple[optuna.Study, RDBStorage]
         exists = spec.name in {s.study_name for s in storage.get_all_studies()}
         if mode == "resume" and not exists:
             raise ConfigError(f"no study {spec.name!r} in {_shown(storage)} to resume; start it without --resume")
-        study = optuna.create_study(storage=storage, study_name=spec.name, directions=directions, sampler=sampler(spec),
-                                    pruner=pruner(spec), load_if_exists=True)
+        study = optuna.create_study(
+            storage=storage,
+            study_name=spec.name,
+            directions=directions,
+            sampler=sampler(spec),
+            pruner=pruner(spec),
+            load_if_exists=True,
+        )
         if exists:
             if [d.name.lower() for d in study.directions] != directions:
-                raise ConfigError(f"study {spec.name!r} in {_shown(storage)} has other objectives; give the sweep another "
-                                  "name or storage")
+                raise ConfigError(
+                    f"study {spec.name!r} in {_shown(storage)} has other objectives; give the sweep another "
+                    "name or storage"
+                )
             if mode == "new" and study.get_trials(deepcopy=False):
-                raise ConfigError(f"study {spec.name!r} in {_shown(storage)} already has trials: continue it with "
-                                  "--resume, join it with --worker, or give the sweep another name")
+                raise ConfigError(
+                    f"study {spec.name!r} in {_shown(storage)} already has trials: continue it with "
+                    "--resume, join it with --worker, or give the sweep another name"
+                )
         else:
             study.set_user_attr("objectives", spec.objectives)
             if spec.sampler == "grid":
@@ -153,8 +170,9 @@ def retry_history(trial: FrozenTrial) -> list[int]:
 def budget_used(trials: list[FrozenTrial]) -> int:
     """Trials that count against the budget: every trial taken by a worker, except failed ones queued again."""
     requeued = {n for t in trials for n in retry_history(t)}
-    return sum(1 for t in trials if t.state != TrialState.WAITING
-               and not (t.state == TrialState.FAIL and t.number in requeued))
+    return sum(
+        1 for t in trials if t.state != TrialState.WAITING and not (t.state == TrialState.FAIL and t.number in requeued)
+    )
 
 
 @contextlib.contextmanager
@@ -190,8 +208,14 @@ def claim(study: optuna.Study, storage: RDBStorage, spec: SweepSpec) -> optuna.T
             return study.ask()  # a queued trial (a re-run, a grid point) first, else the sampler's next
 
 
-def work(spec: SweepSpec, study: optuna.Study, storage: RDBStorage, run: Callable[[optuna.Trial], list[float]], *,
-         on_trial: Callable[[optuna.Study, FrozenTrial], None] = lambda s, t: None) -> None:
+def work(
+    spec: SweepSpec,
+    study: optuna.Study,
+    storage: RDBStorage,
+    run: Callable[[optuna.Trial], list[float]],
+    *,
+    on_trial: Callable[[optuna.Study, FrozenTrial], None] = lambda s, t: None,
+) -> None:
     """The worker loop: claim, run with a heartbeat, tell; until the budget is spent and no trial is left running.
 
     ``run`` returns the objective values. :class:`optuna.TrialPruned` marks the trial pruned; a

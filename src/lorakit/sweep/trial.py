@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from lorakit.core.files import atomic
-from lorakit.core.files.read import META_FILE
 from lorakit.core.files.peft_format import WEIGHTS_FILE
+from lorakit.core.files.read import META_FILE
 from lorakit.core.model import adapter_parameters
 from lorakit.eval.drift import drift_kl
 from lorakit.eval.generate import generate
@@ -52,8 +52,10 @@ class ReportToTrial(Callback):
             return
         self.trial.report(metrics["eval_loss"], metrics["step"])
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"eval loss {metrics['eval_loss']:.4f} at step {metrics['step']} is worse than "
-                                     "the median of earlier trials at that step")
+            raise optuna.TrialPruned(
+                f"eval loss {metrics['eval_loss']:.4f} at step {metrics['step']} is worse than "
+                "the median of earlier trials at that step"
+            )
 
 
 def trial_dir(spec: SweepSpec, number: int) -> Path:
@@ -77,9 +79,14 @@ def run_trial(spec: SweepSpec, trial: optuna.Trial, *, progress: bool = False) -
     summary = trainer.fit(overwrite=True)  # a trial re-run after a kill starts over in its own directory
     scores = evaluate_trained(trainer.model, trainer.tokenizer, spec, trainer.precision)
     adapter_dir = Path(summary["adapter"])
-    scores.update({"eval_loss": summary["metrics"]["best_eval_loss"], "train_loss": summary["metrics"]["final_loss"],
-                   "adapter_mb": (adapter_dir / WEIGHTS_FILE).stat().st_size / 1e6,
-                   "adapter_params": float(sum(p.numel() for p in adapter_parameters(trainer.model, ADAPTER).values()))})
+    scores.update(
+        {
+            "eval_loss": summary["metrics"]["best_eval_loss"],
+            "train_loss": summary["metrics"]["final_loss"],
+            "adapter_mb": (adapter_dir / WEIGHTS_FILE).stat().st_size / 1e6,
+            "adapter_params": float(sum(p.numel() for p in adapter_parameters(trainer.model, ADAPTER).values())),
+        }
+    )
     missing = [m for m in spec.objectives if scores.get(m) is None]
     if missing:
         raise optuna.TrialPruned(f"no {missing[0]} measured (eval_loss needs config.data.eval or data.eval_fraction)")
@@ -98,8 +105,14 @@ def evaluate_trained(model: nn.Module, tokenizer, spec: SweepSpec, mode: str) ->
     with precision.autocast(mode, next(model.parameters()).device.type):
         scores: dict[str, float] = {}
         if plan.generates:
-            outputs = generate(model, tokenizer, [r.prompt for r in plan.generation_rows], max_new_tokens=task.max_new_tokens,
-                               batch_size=task.batch_size, chat=plan.chat)
+            outputs = generate(
+                model,
+                tokenizer,
+                [r.prompt for r in plan.generation_rows],
+                max_new_tokens=task.max_new_tokens,
+                batch_size=task.batch_size,
+                chat=plan.chat,
+            )
             scores.update(score_outputs(plan, task, outputs))
         scores.update(score_likelihoods(plan, task, model, tokenizer))
     scores["drift_kl"] = drift_kl(model, tokenizer, general_prompts(spec.drift_prompts), batch_size=task.batch_size)
@@ -112,8 +125,13 @@ def register(spec: SweepSpec, number: int, values: dict[str, Any], scores: dict[
 
     meta_path = adapter_dir / META_FILE
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta["sweep"] = {"name": spec.name, "trial": number, "params": values, "objectives": spec.objectives,
-                     "storage": _without_password(spec.storage)}
+    meta["sweep"] = {
+        "name": spec.name,
+        "trial": number,
+        "params": values,
+        "objectives": spec.objectives,
+        "storage": _without_password(spec.storage),
+    }
     meta["metrics"] = [{"name": k, "value": v, "split": "eval", "dataset": spec.eval_data} for k, v in scores.items()]
     meta["description"] = f"sweep {spec.name}, trial {number}: " + ", ".join(f"{k}={v}" for k, v in values.items())
     atomic.write_text(meta_path, json.dumps(meta, indent=2, default=str) + "\n")

@@ -49,9 +49,13 @@ class AdaLoraConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.target_r <= self.init_r:
-            raise ConfigError(f"AdaLoRA needs 0 < target_r ≤ init_r, got target_r={self.target_r}, init_r={self.init_r}")
+            raise ConfigError(
+                f"AdaLoRA needs 0 < target_r ≤ init_r, got target_r={self.target_r}, init_r={self.init_r}"
+            )
         if self.tinit + self.tfinal >= self.total_step:
-            raise ConfigError(f"AdaLoRA needs tinit + tfinal < total_step, got {self.tinit} + {self.tfinal} ≥ {self.total_step}")
+            raise ConfigError(
+                f"AdaLoRA needs tinit + tfinal < total_step, got {self.tinit} + {self.tfinal} ≥ {self.total_step}"
+            )
         if self.delta_t < 1 or not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.orth_reg_weight < 0:
             raise ConfigError("AdaLoRA needs delta_t ≥ 1, beta1/beta2 in [0, 1) and orth_reg_weight ≥ 0")
 

@@ -59,8 +59,11 @@ class MetricsLog(Callback):
 
     def on_train_begin(self, trainer: "Trainer") -> None:
         if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= trainer.state.step]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= trainer.state.step
+            ]
             atomic.write_text(self.path, "".join(line + "\n" for line in kept))
         self.handle = open(self.path, "a", encoding="utf-8")
 
@@ -82,8 +85,13 @@ class MetricsLog(Callback):
         self.handle.close()
 
 
-_SHOWN = (("task_loss", "task"), ("drift_kl", "drift"), ("batch_kl", "batch-kl"), ("reward_accuracy", "acc"),
-          ("reward_margin", "margin"))
+_SHOWN = (
+    ("task_loss", "task"),
+    ("drift_kl", "drift"),
+    ("batch_kl", "batch-kl"),
+    ("reward_accuracy", "acc"),
+    ("reward_margin", "margin"),
+)
 """Objective terms shown on the progress line beside the loss, when the run logs them."""
 
 
@@ -98,19 +106,36 @@ class ProgressBar(Callback):
         self.eval_info = ""
         if self.plain:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
-                                 TimeRemainingColumn(), transient=False)
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            transient=False,
+        )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=trainer.config.train.max_steps, completed=trainer.state.step,
-                                           info="")
+        self.task = self.progress.add_task(
+            "train", total=trainer.config.train.max_steps, completed=trainer.state.step, info=""
+        )
 
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
         extra = "".join(f"  {label} {metrics[key]:.4f}" for key, label in _SHOWN if key in metrics)
-        info = (f"loss {metrics['loss']:.4f}{extra}  lr {metrics['lr']:.2e}  {metrics['tokens_per_s']:,.0f} tok/s"
-                f"{self.eval_info}")
+        info = (
+            f"loss {metrics['loss']:.4f}{extra}  lr {metrics['lr']:.2e}  {metrics['tokens_per_s']:,.0f} tok/s"
+            f"{self.eval_info}"
+        )
         if self.plain:
             cfg = trainer.config.train
             if metrics["step"] % cfg.log_every == 0 or metrics["step"] == cfg.max_steps:
@@ -161,7 +186,9 @@ class MLflowTracker(Callback):
     def on_train_end(self, trainer: "Trainer", summary: dict[str, Any]) -> None:
         import mlflow
 
-        mlflow.log_metrics({k: float(v) for k, v in summary["metrics"].items() if isinstance(v, (int, float)) and v is not None})
+        mlflow.log_metrics(
+            {k: float(v) for k, v in summary["metrics"].items() if isinstance(v, (int, float)) and v is not None}
+        )
         adapter_dir = trainer.output / "adapter"
         if adapter_dir.exists():
             mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")

@@ -28,9 +28,8 @@ import torch
 import yaml
 from torch import nn
 
-from lorakit.core.files import atomic
 from lorakit.core.errors import ConfigError
-from lorakit.core.files import restore_adapter, save_adapter
+from lorakit.core.files import atomic, restore_adapter, save_adapter
 
 STATE_FILE = "trainer_state.pt"
 RUN_CONFIG = "config.yaml"
@@ -40,9 +39,23 @@ _RUN_ARTIFACTS = ("checkpoints", "adapter", "best", "metrics.jsonl", "loss.png",
 _LEFTOVER = re.compile(r"^\.step-\d+\.(staging|old)-")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # config keys whose change makes a resumed run a different run
-_MUST_MATCH = ("base", "lora", "data.format", "data.max_length", "data.train_on_prompt", "data.packing",
-               "train.batch_size", "train.grad_accum", "train.seed", "train.lr", "train.schedule", "train.loraplus_ratio",
-               "train.objective", "dpo", "drift_guard")
+_MUST_MATCH = (
+    "base",
+    "lora",
+    "data.format",
+    "data.max_length",
+    "data.train_on_prompt",
+    "data.packing",
+    "train.batch_size",
+    "train.grad_accum",
+    "train.seed",
+    "train.lr",
+    "train.schedule",
+    "train.loraplus_ratio",
+    "train.objective",
+    "dpo",
+    "drift_guard",
+)
 
 
 @dataclass
@@ -82,44 +95,67 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under ``root``, oldest first (staging directories start with '.' and are ignored)."""
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).exists()]
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).exists()
+    ]
     return [p for _, p in sorted(found)]
 
 
-def save(directory: Path, model: nn.Module, adapter: str, optimizer: torch.optim.Optimizer, state: TrainerState,
-         config: dict[str, Any], metadata: dict[str, Any]) -> Path:
+def save(
+    directory: Path,
+    model: nn.Module,
+    adapter: str,
+    optimizer: torch.optim.Optimizer,
+    state: TrainerState,
+    config: dict[str, Any],
+    metadata: dict[str, Any],
+) -> Path:
     """Write one checkpoint atomically."""
-    payload = {"optimizer": optimizer.state_dict(), "step": state.step, "best_eval": state.best_eval,
-               "best_step": state.best_step, "evals_without_gain": state.evals_without_gain, "rng": state.rng,
-               "config": json.dumps(config)}
+    payload = {
+        "optimizer": optimizer.state_dict(),
+        "step": state.step,
+        "best_eval": state.best_eval,
+        "best_step": state.best_step,
+        "evals_without_gain": state.evals_without_gain,
+        "rng": state.rng,
+        "config": json.dumps(config),
+    }
     with atomic.directory(directory) as staging:
         save_adapter(model, staging / "adapter", adapter, metadata=metadata)
         torch.save(payload, staging / STATE_FILE)
-        (staging / "state.json").write_text(json.dumps({"step": state.step, "best_eval": state.best_eval,
-                                                        "best_step": state.best_step}, indent=2) + "\n")
+        (staging / "state.json").write_text(
+            json.dumps({"step": state.step, "best_eval": state.best_eval, "best_step": state.best_step}, indent=2)
+            + "\n"
+        )
     return directory
 
 
-def load(directory: Path, model: nn.Module, adapter: str, optimizer: torch.optim.Optimizer,
-         config: dict[str, Any]) -> TrainerState:
+def load(
+    directory: Path, model: nn.Module, adapter: str, optimizer: torch.optim.Optimizer, config: dict[str, Any]
+) -> TrainerState:
     """Restore adapter tensors and optimizer from ``directory``; return the trainer state to continue from."""
     path = directory / STATE_FILE
     if not path.exists():
-        raise ConfigError(f"{directory}: not a checkpoint (no {STATE_FILE}); give a checkpoints/step-N directory or auto")
+        raise ConfigError(
+            f"{directory}: not a checkpoint (no {STATE_FILE}); give a checkpoints/step-N directory or auto"
+        )
     payload = torch.load(path, weights_only=True, map_location="cpu")
     _check_same_run(json.loads(payload["config"]), config, directory)
     restore_adapter(model, directory / "adapter", adapter)
     optimizer.load_state_dict(payload["optimizer"])
-    return TrainerState(payload["step"], payload["best_eval"], payload["best_step"], payload["evals_without_gain"],
-                        payload["rng"])
+    return TrainerState(
+        payload["step"], payload["best_eval"], payload["best_step"], payload["evals_without_gain"], payload["rng"]
+    )
 
 
 def _check_same_run(saved: dict[str, Any], current: dict[str, Any], directory: Path) -> None:
     for key in _MUST_MATCH:
         before, now = _lookup(saved, key), _lookup(current, key)
         if before != now:
-            raise ConfigError(f"{directory}: the run was made with {key}={before!r}, the config now says {now!r}; "
-                              "resume with the same config or start a new output directory")
+            raise ConfigError(
+                f"{directory}: the run was made with {key}={before!r}, the config now says {now!r}; "
+                "resume with the same config or start a new output directory"
+            )
 
 
 def _lookup(config: dict[str, Any], dotted: str):
@@ -140,8 +176,11 @@ def remove_partial(root: Path) -> list[Path]:
     ``step-N`` directories without a trainer state. Returns what was removed."""
     if not root.is_dir():
         return []
-    partial = [p for p in root.iterdir() if p.is_dir() and (_LEFTOVER.match(p.name) or (
-        _STEP_DIR.match(p.name) and not (p / STATE_FILE).exists()))]
+    partial = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and (_LEFTOVER.match(p.name) or (_STEP_DIR.match(p.name) and not (p / STATE_FILE).exists()))
+    ]
     for path in partial:
         shutil.rmtree(path, ignore_errors=True)
     return partial
@@ -162,15 +201,26 @@ def check_run_dir(output: Path, resume: str | Path | None, overwrite: bool = Fal
     output = Path(output)
     if resume is None and not overwrite and output.is_dir() and any(output.iterdir()):
         held = ", ".join(sorted(p.name for p in output.iterdir())[:4])
-        raise ConfigError(f"{output}: the run directory is not empty (it holds {held}); continue it with "
-                          f"--resume auto, start over with --overwrite (Python: overwrite=True), or set another output")
+        raise ConfigError(
+            f"{output}: the run directory is not empty (it holds {held}); continue it with "
+            f"--resume auto, start over with --overwrite (Python: overwrite=True), or set another output"
+        )
     if str(resume) == "auto" and (output / FINAL_ADAPTER / "adapter_config.json").exists() and not overwrite:
-        raise ConfigError(f"{output}: this run already finished ({output / FINAL_ADAPTER} is written), so there is "
-                          "nothing to resume; train into another output, or pass --overwrite to start it over")
+        raise ConfigError(
+            f"{output}: this run already finished ({output / FINAL_ADAPTER} is written), so there is "
+            "nothing to resume; train into another output, or pass --overwrite to start it over"
+        )
 
 
-def start_run(output: Path, config: dict[str, Any], resume: str | Path | None, *, overwrite: bool = False,
-              keep: int = 3, write: bool = True) -> Path | None:
+def start_run(
+    output: Path,
+    config: dict[str, Any],
+    resume: str | Path | None,
+    *,
+    overwrite: bool = False,
+    keep: int = 3,
+    write: bool = True,
+) -> Path | None:
     """Prepare ``output`` for a run with the resolved ``config`` and return the checkpoint to resume from.
 
     ``write`` is false on processes other than the first: they only find the checkpoint (the first process
@@ -202,5 +252,7 @@ def find_resume(output: Path, resume: str | Path | None) -> Path | None:
         return found[-1] if found else None
     path = Path(resume)
     if not path.is_dir():
-        raise ConfigError(f"--resume {resume}: no such checkpoint directory; use auto or a checkpoints/step-N directory")
+        raise ConfigError(
+            f"--resume {resume}: no such checkpoint directory; use auto or a checkpoints/step-N directory"
+        )
     return path

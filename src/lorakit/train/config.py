@@ -21,16 +21,24 @@ from lorakit.core.config import LoraConfig
 from lorakit.core.errors import ConfigError
 from lorakit.core.names import did_you_mean, rename_aliases
 from lorakit.train.adalora import AdaLoraSection
-from lorakit.train.objective_config import DpoSection, DriftGuardSection
 from lorakit.train.config_file import parse_yaml, read_yaml
+from lorakit.train.objective_config import DpoSection, DriftGuardSection
 
 ALIASES: dict[str, dict[str, str]] = {
     "": {"model_name_or_path": "base", "base_model_name_or_path": "base", "output_dir": "output"},
     "data": {"max_seq_length": "max_length", "dataset_format": "format"},
-    "train": {"learning_rate": "lr", "num_train_epochs": "num_epochs", "per_device_train_batch_size": "batch_size",
-              "gradient_accumulation_steps": "grad_accum", "lr_scheduler_type": "schedule", "save_steps": "save_every",
-              "eval_steps": "eval_every", "logging_steps": "log_every", "save_total_limit": "keep_checkpoints",
-              "optimizer": "optim"},
+    "train": {
+        "learning_rate": "lr",
+        "num_train_epochs": "num_epochs",
+        "per_device_train_batch_size": "batch_size",
+        "gradient_accumulation_steps": "grad_accum",
+        "lr_scheduler_type": "schedule",
+        "save_steps": "save_every",
+        "eval_steps": "eval_every",
+        "logging_steps": "log_every",
+        "save_total_limit": "keep_checkpoints",
+        "optimizer": "optim",
+    },
 }
 """Hugging Face ``TrainingArguments``/TRL names accepted per section (``""``: top level); ``lora`` takes PEFT's
 names (:data:`lorakit.core.config.ALIASES`)."""
@@ -127,6 +135,7 @@ class TrainSection(_Section):
             return self.max_steps
         per_step = self.batch_size * self.grad_accum * world
         return max(1, math.ceil(self.num_epochs * rows / per_step))
+
     objective: Literal["sft", "dpo"] = "sft"
     """``sft``: next-token cross-entropy on responses; ``dpo``: preference pairs (``prompt``, ``chosen``,
     ``rejected``) with the base as reference, settings in the ``dpo:`` section."""
@@ -150,7 +159,9 @@ class RunConfig(_Section):
     """QLoRA: hold the base's linear layers in 4-bit NF4 (double-quantised) or LLM.int8; adapters stay float."""
     adalora: AdaLoraSection | None = None
     """AdaLoRA rank budget (init_r, target_r, tinit, tfinal, delta_t, ...); the adapter is saved as plain LoRA."""
-    lora: dict[str, Any] = Field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.0, "targets": "all-linear"})
+    lora: dict[str, Any] = Field(
+        default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.0, "targets": "all-linear"}
+    )
     """LoraConfig fields (``r``, ``alpha``, ``dropout``, ``targets``, ...), see lorakit.core.config."""
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
@@ -165,11 +176,15 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _guard_fits_objective(self) -> "RunConfig":
         if self.train.objective == "dpo" and self.drift_guard is not None and self.drift_guard.batch_weight > 0:
-            raise ValueError("drift_guard.batch_weight works with train.objective: sft only (DPO already stays "
-                             "near the base through beta); set it to 0")
+            raise ValueError(
+                "drift_guard.batch_weight works with train.objective: sft only (DPO already stays "
+                "near the base through beta); set it to 0"
+            )
         if self.train.objective == "dpo" and self.data.packing:
-            raise ValueError("data.packing cannot be used with train.objective: dpo (each pair is scored as two "
-                             "whole sequences); set data.packing: false")
+            raise ValueError(
+                "data.packing cannot be used with train.objective: dpo (each pair is scored as two "
+                "whole sequences); set data.packing: false"
+            )
         return self
 
     @field_validator("lora")

@@ -44,7 +44,9 @@ class _StrictLoader(yaml.SafeLoader):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:
                 line = self.peek_event().start_mark.line + 1
-                raise ConfigError(f"{self.source}:{line}: more than {MAX_ALIASES} alias uses (*name); write the values out")
+                raise ConfigError(
+                    f"{self.source}:{line}: more than {MAX_ALIASES} alias uses (*name); write the values out"
+                )
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
@@ -55,20 +57,26 @@ class _StrictLoader(yaml.SafeLoader):
                     continue
                 key, line = self.construct_object(key_node), key_node.start_mark.line + 1
                 if key in first_line:
-                    raise ConfigError(f"{self.source}:{line}: duplicate key {key!r} (first given at line "
-                                      f"{first_line[key]}); keep one of them")
+                    raise ConfigError(
+                        f"{self.source}:{line}: duplicate key {key!r} (first given at line "
+                        f"{first_line[key]}); keep one of them"
+                    )
                 first_line[key] = line
         return super().construct_mapping(node, deep=deep)
 
 
 _StrictLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
                    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
                    |[-+]?\.(?:inf|Inf|INF)
-                   |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+                   |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def _expanded_size(node, sizes: dict[int, int], open_nodes: set[int], source: str) -> int:
@@ -78,14 +86,18 @@ def _expanded_size(node, sizes: dict[int, int], open_nodes: set[int], source: st
     if id(node) in open_nodes:
         raise ConfigError(f"{source}:{node.start_mark.line + 1}: a recursive alias (a value that contains itself)")
     open_nodes.add(id(node))
-    children = node.value if isinstance(node, yaml.SequenceNode) else (
-        [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else [])
+    children = (
+        node.value
+        if isinstance(node, yaml.SequenceNode)
+        else ([part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else [])
+    )
     total = 1
     for child in children:
         total += _expanded_size(child, sizes, open_nodes, source)
         if total > MAX_NODES:
-            raise ConfigError(f"{source}: aliases expand to more than {MAX_NODES} values; write the config out without "
-                              "nested aliases")
+            raise ConfigError(
+                f"{source}: aliases expand to more than {MAX_NODES} values; write the config out without nested aliases"
+            )
     open_nodes.discard(id(node))
     sizes[id(node)] = total
     return total
@@ -115,6 +127,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the config must be a mapping of keys (base, lora, data, train, output), "
-                          f"got {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: the config must be a mapping of keys (base, lora, data, train, output), got {type(raw).__name__}"
+        )
     return raw

@@ -40,9 +40,16 @@ class PairLosses:
     rejected_rewards: torch.Tensor
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
-             reference_rejected: torch.Tensor, *, beta: float = 0.1, label_smoothing: float = 0.0,
-             loss_type: str = "sigmoid") -> PairLosses:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    loss_type: str = "sigmoid",
+) -> PairLosses:
     """The DPO (or IPO) loss of each pair from summed log-probabilities, all of shape (B,), in nats.
 
     Raises ``ValueError`` for an unknown ``loss_type`` (the config validates it before training).
@@ -73,27 +80,45 @@ class DPOObjective(nn.Module):
         self.tokens = TokenLoss(model)
         self.beta, self.label_smoothing, self.loss_type = beta, label_smoothing, loss_type
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                reference_logps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        reference_logps: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         pairs = input_ids.shape[0] // 2
         policy = -self.tokens.per_sequence(input_ids, attention_mask, labels)  # (2B,) summed response log-probs
         if reference_logps is None:
             reference_logps = reference_logprobs(self.tokens, input_ids, attention_mask, labels)
         reference = reference_logps.to(policy.device, policy.dtype)
-        out = dpo_loss(policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:], beta=self.beta,
-                       label_smoothing=self.label_smoothing, loss_type=self.loss_type)
+        out = dpo_loss(
+            policy[:pairs],
+            policy[pairs:],
+            reference[:pairs],
+            reference[pairs:],
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
+            loss_type=self.loss_type,
+        )
         loss = out.losses.sum()
         margin = out.chosen_rewards - out.rejected_rewards
-        stats = {"task_loss": loss.detach(), "reward_margin": margin.sum(),
-                 "reward_accuracy": (margin > 0).float().sum(),
-                 "chosen_rewards": out.chosen_rewards.sum(), "rejected_rewards": out.rejected_rewards.sum(),
-                 "chosen_logps": policy[:pairs].detach().sum(), "rejected_logps": policy[pairs:].detach().sum()}
+        stats = {
+            "task_loss": loss.detach(),
+            "reward_margin": margin.sum(),
+            "reward_accuracy": (margin > 0).float().sum(),
+            "chosen_rewards": out.chosen_rewards.sum(),
+            "rejected_rewards": out.rejected_rewards.sum(),
+            "chosen_logps": policy[:pairs].detach().sum(),
+            "rejected_logps": policy[pairs:].detach().sum(),
+        }
         return loss, stats
 
 
 @torch.no_grad()
-def reference_logprobs(tokens: TokenLoss, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       labels: torch.Tensor) -> torch.Tensor:
+def reference_logprobs(
+    tokens: TokenLoss, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """Summed response log-probabilities (B,) under the base: the same model with every adapter bypassed."""
     with disabled(tokens.model):
         return -tokens.per_sequence(input_ids, attention_mask, labels)

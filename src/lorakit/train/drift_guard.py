@@ -71,8 +71,9 @@ def _bucketed(z: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return top, tail
 
 
-def base_top_k(states: torch.Tensor, weight: torch.Tensor | None,
-               k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def base_top_k(
+    states: torch.Tensor, weight: torch.Tensor | None, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What the cache keeps per position: top-``k`` ids (n, k), their log-probabilities (n, k), the tail's (n,)."""
     z = _logits(states, weight)
     ids = z.topk(min(k, z.shape[-1]), dim=-1).indices  # (n, k)
@@ -87,8 +88,13 @@ def _chunk_kl(states, weight, ids, base_top, base_tail) -> torch.Tensor:
     return (kl + rest).sum()
 
 
-def bucketed_kl(states: torch.Tensor, weight: torch.Tensor | None, ids: torch.Tensor, base_top: torch.Tensor,
-                base_tail: torch.Tensor) -> torch.Tensor:
+def bucketed_kl(
+    states: torch.Tensor,
+    weight: torch.Tensor | None,
+    ids: torch.Tensor,
+    base_top: torch.Tensor,
+    base_tail: torch.Tensor,
+) -> torch.Tensor:
     """Σ over positions of KL(base ‖ adapted) on the ``k + 1`` buckets; states (n, H) (or logits (n, V)).
 
     Chunks of positions are recomputed in backward (checkpointed), so no (n, V) tensor outlives its chunk.
@@ -97,8 +103,9 @@ def bucketed_kl(states: torch.Tensor, weight: torch.Tensor | None, ids: torch.Te
     for start in range(0, len(states), CHUNK):
         part = slice(start, start + CHUNK)
         args = (states[part], weight, ids[part], base_top[part], base_tail[part])
-        total = total + (checkpoint(_chunk_kl, *args, use_reentrant=False)
-                         if states.requires_grad else _chunk_kl(*args))
+        total = total + (
+            checkpoint(_chunk_kl, *args, use_reentrant=False) if states.requires_grad else _chunk_kl(*args)
+        )
     return total
 
 
@@ -112,8 +119,9 @@ def _chunk_non_target_kl(states, base_states, weight, targets) -> torch.Tensor:
     return torch.where(p > 0, p * (base - adapted), torch.zeros_like(p)).sum()
 
 
-def non_target_kl(states: torch.Tensor, base_states: torch.Tensor, weight: torch.Tensor | None,
-                  targets: torch.Tensor) -> torch.Tensor:
+def non_target_kl(
+    states: torch.Tensor, base_states: torch.Tensor, weight: torch.Tensor | None, targets: torch.Tensor
+) -> torch.Tensor:
     """Σ over positions of KL(base ‖ adapted) of the distributions without the target token, renormalised.
 
     ``states``/``base_states``: (N, H) hidden states (or (N, V) logits with ``weight`` None) at the labelled
@@ -123,8 +131,11 @@ def non_target_kl(states: torch.Tensor, base_states: torch.Tensor, weight: torch
     for start in range(0, len(states), CHUNK):
         part = slice(start, start + CHUNK)
         args = (states[part], base_states[part], weight, targets[part])
-        total = total + (checkpoint(_chunk_non_target_kl, *args, use_reentrant=False)
-                         if states.requires_grad else _chunk_non_target_kl(*args))
+        total = total + (
+            checkpoint(_chunk_non_target_kl, *args, use_reentrant=False)
+            if states.requires_grad
+            else _chunk_non_target_kl(*args)
+        )
     return total
 
 
@@ -185,8 +196,9 @@ class DriftGuard(Callback):
     def on_train_begin(self, trainer: "Trainer") -> None:
         self.tokens = TokenLoss(trainer.model)
         rows = load_rows(guard_source(self.section))
-        key = guard_cache.cache_key(trainer.model, trainer.tokenizer, self.section, rows.sha256 or "",
-                                    trainer.precision)
+        key = guard_cache.cache_key(
+            trainer.model, trainer.tokenizer, self.section, rows.sha256 or "", trainer.precision
+        )
         path = trainer.output / guard_cache.CACHE_FILE
         batches = guard_cache.read(path, key)
         self.cache_reused = batches is not None
@@ -198,8 +210,9 @@ class DriftGuard(Callback):
         self.batches: list[tuple[guard_cache.GuardBatch | None, int]] = []
         for batch in batches:
             mine = batch.share(rank, world)
-            self.batches.append((mine.to(trainer.device) if mine is not None else None,
-                                 int(batch.attention_mask.sum())))
+            self.batches.append(
+                (mine.to(trainer.device) if mine is not None else None, int(batch.attention_mask.sum()))
+            )
 
     @torch.no_grad()
     def _build(self, trainer: "Trainer", rows) -> list[guard_cache.GuardBatch]:
@@ -246,8 +259,9 @@ def trainer_scale(section: DriftGuardSection, trainer: "Trainer") -> float:
     return (trainer.state.step + 1) / trainer.config.train.max_steps
 
 
-def guard_sequences(model: nn.Module, tokenizer, section: DriftGuardSection,
-                    rows: RowSet | None = None) -> list[Encoded]:
+def guard_sequences(
+    model: nn.Module, tokenizer, section: DriftGuardSection, rows: RowSet | None = None
+) -> list[Encoded]:
     """Token sequences of the guard's general text (``rows``, read from ``section.data`` when not given);
     ``prompt`` rows get the base's greedy answer appended."""
     rows = rows if rows is not None else load_rows(guard_source(section))
@@ -262,8 +276,10 @@ def guard_sequences(model: nn.Module, tokenizer, section: DriftGuardSection,
         elif isinstance(row.data.get("text"), str) and row.data["text"].strip():
             texts.append((row.data["text"], True))
         else:
-            raise DataError(f"{row.where}: a drift-guard row needs 'prompt' (a string), 'messages' (a chat) or "
-                            f"'text' (non-empty); the row has {', '.join(sorted(map(str, row.data))) or 'no keys'}")
+            raise DataError(
+                f"{row.where}: a drift-guard row needs 'prompt' (a string), 'messages' (a chat) or "
+                f"'text' (non-empty); the row has {', '.join(sorted(map(str, row.data))) or 'no keys'}"
+            )
     if prompts:
         answers = _base_answers(model, tokenizer, [p for _, p in prompts], section.respond_tokens)
         for (i, messages), answer in zip(prompts, answers):
@@ -271,7 +287,7 @@ def guard_sequences(model: nn.Module, tokenizer, section: DriftGuardSection,
             texts[i] = (_render(tokenizer, full, rows.rows[i].where, generation_prompt=not answer), False)
     out = []
     for text, special in texts:
-        ids = tokenizer(text, add_special_tokens=special)["input_ids"][:section.max_length]
+        ids = tokenizer(text, add_special_tokens=special)["input_ids"][: section.max_length]
         out.append(Encoded(ids, [IGNORE] * len(ids)))
     return out
 

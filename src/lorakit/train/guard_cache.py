@@ -50,8 +50,13 @@ class GuardBatch:
         row_of = torch.arange(len(mask))[:, None].expand_as(mask)[mask]  # (n,): the row of each cached position
         keep = (row_of % world) == rank
         width = int(mask[rows].sum(1).max())
-        return GuardBatch(self.input_ids[rows, :width], self.attention_mask[rows, :width], self.ids[keep],
-                          self.top[keep], self.tail[keep])
+        return GuardBatch(
+            self.input_ids[rows, :width],
+            self.attention_mask[rows, :width],
+            self.ids[keep],
+            self.top[keep],
+            self.tail[keep],
+        )
 
     def to(self, device: torch.device) -> "GuardBatch":
         return GuardBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.ids, self.top, self.tail)))
@@ -59,9 +64,14 @@ class GuardBatch:
 
 def cache_key(model: torch.nn.Module, tokenizer, section: DriftGuardSection, data_sha256: str, precision: str) -> str:
     """What the cached distributions depend on, hashed (sha256 hex)."""
-    parts = {"base": bases.fingerprint(model), "data": data_sha256, "precision": precision,
-             "vocab": len(tokenizer), "template": getattr(tokenizer, "chat_template", None) or "",
-             "guard": {k: getattr(section, k) for k in _SHAPING}}
+    parts = {
+        "base": bases.fingerprint(model),
+        "data": data_sha256,
+        "precision": precision,
+        "vocab": len(tokenizer),
+        "template": getattr(tokenizer, "chat_template", None) or "",
+        "guard": {k: getattr(section, k) for k in _SHAPING},
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -88,8 +98,10 @@ def write(path: Path, key: str, batches: list[GuardBatch]) -> None:
     """Write ``batches`` (moved to CPU) under ``key``, atomically, following the umask."""
     tensors = {}
     for b, batch in enumerate(batches):
-        for name, value in zip(("input_ids", "attention_mask", "top_ids", "top", "tail"),
-                               (batch.input_ids, batch.attention_mask, batch.ids, batch.top, batch.tail)):
+        for name, value in zip(
+            ("input_ids", "attention_mask", "top_ids", "top", "tail"),
+            (batch.input_ids, batch.attention_mask, batch.ids, batch.top, batch.tail),
+        ):
             tensors[f"{name}.{b}"] = value.detach().cpu().contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_bytes(path, save(tensors, metadata={"key": key, "format": "lorakit-drift-guard-1"}))

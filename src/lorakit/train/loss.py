@@ -41,7 +41,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=accumulate, device=hidden.device)
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for start in range(0, rows, CHUNK):
-            h, y = hidden[start:start + CHUNK].to(dtype), targets[start:start + CHUNK]
+            h, y = hidden[start : start + CHUNK].to(dtype), targets[start : start + CHUNK]
             n = len(y)
             torch.matmul(h, weight.T, out=low[:n])  # (n, H) @ (H, V) -> (n, V)
             z = high[:n]
@@ -57,7 +57,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 z[torch.arange(n, device=y.device), y] -= 1.0
                 if z is not low[:n]:
                     low[:n].copy_(z)
-                grad[start:start + n] = low[:n] @ weight  # (n, V) @ (V, H) -> (n, H)
+                grad[start : start + n] = low[:n] @ weight  # (n, V) @ (V, H) -> (n, H)
         ctx.save_for_backward(grad)
         return total
 
@@ -83,17 +83,25 @@ class TokenLoss(nn.Module):
         self.model = model
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         config = getattr(model, "config", None)
-        plain = (type(head) is nn.Linear and head.bias is None and not head.weight.requires_grad
-                 and not any(getattr(config, k, None) for k in _LOGIT_TRANSFORMS))
+        plain = (
+            type(head) is nn.Linear
+            and head.bias is None
+            and not head.weight.requires_grad
+            and not any(getattr(config, k, None) for k in _LOGIT_TRANSFORMS)
+        )
         self.fused = plain and getattr(model, "base_model", model) is not model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         targets = labels[:, 1:]  # (B, T-1): the token each position predicts
         mask = targets != IGNORE
         if not self.fused:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]  # (B, T-1, V)
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[
+                :, :-1
+            ]  # (B, T-1, V)
             return F.cross_entropy(logits[mask].float(), targets[mask], reduction="sum")
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = self.model.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
         selected = hidden[:, :-1][mask]  # (N, H): positions with a label
         return linear_cross_entropy(selected, self.model.get_output_embeddings().weight, targets[mask])
 
@@ -102,11 +110,15 @@ class TokenLoss(nn.Module):
         targets = labels[:, 1:]  # (B, T-1)
         mask = targets != IGNORE
         if not self.fused:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]  # (B, T-1, V)
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[
+                :, :-1
+            ]  # (B, T-1, V)
             losses = F.cross_entropy(logits[mask].float(), targets[mask], reduction="none")  # (N,)
             rows = torch.arange(len(targets), device=targets.device)[:, None].expand_as(targets)[mask]  # (N,)
             return torch.zeros(len(targets), dtype=losses.dtype, device=losses.device).index_add(0, rows, losses)
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = self.model.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
         weight = self.model.get_output_embeddings().weight
         sums = [linear_cross_entropy(hidden[i, :-1][mask[i]], weight, targets[i][mask[i]]) for i in range(len(targets))]
         return torch.stack(sums)  # (B,)

@@ -46,13 +46,19 @@ def batch_collator(config: RunConfig) -> Callable[[list, int], dict[str, torch.T
 
 
 @torch.no_grad()
-def precompute_reference(objective: DPOObjective, pairs: list[PreferencePair], pad_id: int, batch_size: int,
-                         device: torch.device, autocast: Callable) -> None:
+def precompute_reference(
+    objective: DPOObjective,
+    pairs: list[PreferencePair],
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    autocast: Callable,
+) -> None:
     """Store the base's ``(log p(chosen), log p(rejected))`` on every pair (adapters disabled, one pass)."""
     was_training = objective.model.training
     objective.model.eval()
     for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
+        chunk = pairs[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items() if k != "reference_logps"}
         with autocast():
             logps = reference_logprobs(objective.tokens, **batch).double().cpu()  # (2B,)

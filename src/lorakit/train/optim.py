@@ -13,8 +13,9 @@ from lorakit.core.model import adapter_parameters
 from lorakit.train.bnb_optim import make_8bit_optimizer
 
 
-def param_groups(model: nn.Module, adapter: str, lr: float, weight_decay: float = 0.0,
-                 loraplus_ratio: float | None = None) -> list[dict]:
+def param_groups(
+    model: nn.Module, adapter: str, lr: float, weight_decay: float = 0.0, loraplus_ratio: float | None = None
+) -> list[dict]:
     """Optimizer groups of every trainable parameter; each group has ``lr`` and ``base_lr`` (the peak rate)."""
     named = dict(adapter_parameters(model, adapter))
     for pname, p in model.named_parameters():
@@ -30,8 +31,15 @@ def param_groups(model: nn.Module, adapter: str, lr: float, weight_decay: float 
     result = []
     for (kind, decays), params in groups.items():
         peak = lr * loraplus_ratio if kind == "B" else lr
-        result.append({"params": params, "lr": peak, "base_lr": peak, "weight_decay": weight_decay if decays else 0.0,
-                       "name": f"{kind}{'' if decays else '-no-decay'}"})
+        result.append(
+            {
+                "params": params,
+                "lr": peak,
+                "base_lr": peak,
+                "weight_decay": weight_decay if decays else 0.0,
+                "name": f"{kind}{'' if decays else '-no-decay'}",
+            }
+        )
     return result
 
 

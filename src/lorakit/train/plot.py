@@ -8,9 +8,12 @@ from pathlib import Path
 
 from lorakit.core.files import atomic
 
-
-_TERMS = {"task_loss": "task loss", "drift_kl": "drift guard KL (general text)",
-          "batch_kl": "drift guard KL (batch, non-target)", "reward_accuracy": "preference accuracy"}
+_TERMS = {
+    "task_loss": "task loss",
+    "drift_kl": "drift guard KL (general text)",
+    "batch_kl": "drift guard KL (batch, non-target)",
+    "reward_accuracy": "preference accuracy",
+}
 
 
 def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:

@@ -35,7 +35,7 @@ class StepSampler:
     def micro_batches(self, indices: list[int], rank: int) -> list[list[int]]:
         """This process's micro-batches of one global batch."""
         b = self.batch_size
-        return [indices[(m * self.world + rank) * b:(m * self.world + rank + 1) * b] for m in range(self.grad_accum)]
+        return [indices[(m * self.world + rank) * b : (m * self.world + rank + 1) * b] for m in range(self.grad_accum)]
 
     def epoch_of(self, step: int) -> float:
         return step * self.global_batch / self.size

@@ -23,11 +23,10 @@ import torch
 from torch import nn
 
 from lorakit._version import __version__
-from lorakit.core.files import atomic
 from lorakit.core import bases
-from lorakit.data import EncodedData
 from lorakit.core.errors import TrainingError
-from lorakit.core.files import save_adapter
+from lorakit.core.files import atomic, save_adapter
+from lorakit.data import EncodedData
 from lorakit.train import checkpoint, distributed, precision
 from lorakit.train.callbacks import Callback, MetricsLog, MLflowTracker, ProgressBar
 from lorakit.train.config import RunConfig, load_config
@@ -37,8 +36,8 @@ from lorakit.train.optim import make_optimizer, param_groups
 from lorakit.train.plot import plot_losses
 from lorakit.train.prepare import describe, prepare_data
 from lorakit.train.sampler import StepSampler
-from lorakit.train.variants import build_model
 from lorakit.train.schedule import lr_factor, warmup_steps
+from lorakit.train.variants import build_model
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -52,9 +51,18 @@ class TrainingInterrupted(KeyboardInterrupt):
 class Trainer:
     """Trains adapter ``adapter`` of ``model`` on ``train_data`` as ``config`` says; writes into ``config.output``."""
 
-    def __init__(self, model: nn.Module, tokenizer, config: RunConfig | dict | str, train_data: EncodedData,
-                 eval_data: EncodedData | None = None, *, adapter: str = "default", callbacks: list[Callback] = (),
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        config: RunConfig | dict | str,
+        train_data: EncodedData,
+        eval_data: EncodedData | None = None,
+        *,
+        adapter: str = "default",
+        callbacks: list[Callback] = (),
+        progress: bool = True,
+    ) -> None:
         self.dist = distributed.setup()
         self.config = load_config(config).with_steps(len(train_data), self.dist.world)
         self.model, self.tokenizer, self.adapter = model, tokenizer, adapter
@@ -66,8 +74,11 @@ class Trainer:
         if frozen_dtype is not None:
             cast = precision.store_frozen(model, frozen_dtype)
             if cast and progress and self.dist.main:
-                print(f"precision {self.precision}: {cast / 1e6:.1f}M frozen linear weights stored in {self.precision} "
-                      "once (no per-step cast); adapters and optimizer state stay fp32", file=sys.stderr)
+                print(
+                    f"precision {self.precision}: {cast / 1e6:.1f}M frozen linear weights stored in {self.precision} "
+                    "once (no per-step cast); adapters and optimizer state stay fp32",
+                    file=sys.stderr,
+                )
         cfg = self.config.train
         self.sampler = StepSampler(len(train_data), cfg.batch_size, cfg.grad_accum, self.dist.world, cfg.seed)
         self.warmup = warmup_steps(cfg.max_steps, cfg.warmup_ratio)
@@ -90,8 +101,16 @@ class Trainer:
         self._stop_signal: int | None = None
 
     @classmethod
-    def from_config(cls, config: RunConfig | dict | str, overrides: list[str] | None = None, *, train_data: Any = None,
-                    eval_data: Any = None, callbacks: list[Callback] = (), progress: bool = True) -> "Trainer":
+    def from_config(
+        cls,
+        config: RunConfig | dict | str,
+        overrides: list[str] | None = None,
+        *,
+        train_data: Any = None,
+        eval_data: Any = None,
+        callbacks: list[Callback] = (),
+        progress: bool = True,
+    ) -> "Trainer":
         """Read the data (data errors come before the slow model load), load the base, inject the adapter
         (seeded by ``train.seed``); ready to :meth:`fit`."""
         from transformers import AutoTokenizer
@@ -115,8 +134,14 @@ class Trainer:
         :func:`lorakit.train.checkpoint.start_run`, which also writes the resolved ``config.yaml`` there)."""
         cfg = self.config.train
         started = time.perf_counter()
-        found = checkpoint.start_run(self.output, self.config.resolved(), resume, overwrite=overwrite,
-                                     keep=cfg.keep_checkpoints, write=self.dist.main)
+        found = checkpoint.start_run(
+            self.output,
+            self.config.resolved(),
+            resume,
+            overwrite=overwrite,
+            keep=cfg.keep_checkpoints,
+            write=self.dist.main,
+        )
         if found is not None:
             self.state = checkpoint.load(found, self.model, self.adapter, self.optimizer, self.config.resolved())
             checkpoint.set_rng_state(self.state.rng[self.dist.rank])
@@ -126,8 +151,14 @@ class Trainer:
         if self.config.train.objective == "dpo" and self.config.dpo.precompute_reference:
             for data in (self.train_data, self.eval_data):
                 if data is not None:
-                    precompute_reference(loss_fn, data.examples, self.pad_id, cfg.batch_size, self.device,
-                                         lambda: precision.autocast(self.precision, self.device.type))
+                    precompute_reference(
+                        loss_fn,
+                        data.examples,
+                        self.pad_id,
+                        cfg.batch_size,
+                        self.device,
+                        lambda: precision.autocast(self.precision, self.device.type),
+                    )
         if self.dist.world > 1:
             loss_fn = nn.parallel.DistributedDataParallel(loss_fn, broadcast_buffers=False)
         self.loss_fn = loss_fn
@@ -195,11 +226,12 @@ class Trainer:
             for key, value in parts.items():
                 stats[key] = stats.get(key, 0.0) + float(value)
         named = [cb for cb in self.callbacks if getattr(cb, "term_name", None)]
-        totals = distributed.all_sum([loss_sum, float(tokens), *stats.values(), *(cb.term_value for cb in named)],
-                                     self.dist)
+        totals = distributed.all_sum(
+            [loss_sum, float(tokens), *stats.values(), *(cb.term_value for cb in named)], self.dist
+        )
         loss_sum, tokens = totals[0], totals[1]
-        stats = {k: v / max(n_targets, 1) for k, v in zip(stats, totals[2:2 + len(stats)])}
-        stats.update({cb.term_name: v for cb, v in zip(named, totals[2 + len(stats):])})
+        stats = {k: v / max(n_targets, 1) for k, v in zip(stats, totals[2 : 2 + len(stats)])}
+        stats.update({cb.term_name: v for cb, v in zip(named, totals[2 + len(stats) :])})
         mean_loss = loss_sum / max(n_targets, 1)
         if not math.isfinite(mean_loss):
             self._diverged(step + 1, f"the loss is {mean_loss}")
@@ -213,9 +245,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step = step + 1
         seconds = time.perf_counter() - begin
-        metrics = {"step": step + 1, "epoch": round(self.sampler.epoch_of(step + 1), 4), "loss": mean_loss,
-                   "lr": cfg.lr * factor, "grad_norm": grad_norm, "tokens": int(tokens),
-                   "tokens_per_s": tokens / seconds if seconds > 0 else 0.0, "step_s": seconds}
+        metrics = {
+            "step": step + 1,
+            "epoch": round(self.sampler.epoch_of(step + 1), 4),
+            "loss": mean_loss,
+            "lr": cfg.lr * factor,
+            "grad_norm": grad_norm,
+            "tokens": int(tokens),
+            "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+            "step_s": seconds,
+        }
         metrics.update({k: v for k, v in stats.items() if not (k == "task_loss" and v == mean_loss)})
         for cb in self.callbacks:
             cb.on_step_end(self, metrics)
@@ -224,8 +263,10 @@ class Trainer:
     def _diverged(self, step: int, what: str) -> None:
         saved = checkpoint.list_checkpoints(self.output / "checkpoints")
         last = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was written yet"
-        raise TrainingError(f"step {step}: {what}; training stopped and {last}. Lower train.lr or set "
-                            "train.max_grad_norm, then resume with --resume <checkpoint>")
+        raise TrainingError(
+            f"step {step}: {what}; training stopped and {last}. Lower train.lr or set "
+            "train.max_grad_norm, then resume with --resume <checkpoint>"
+        )
 
     # -- evaluation ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -235,12 +276,12 @@ class Trainer:
             raise TrainingError("no evaluation data: set data.eval or data.eval_fraction")
         was_training = self.model.training
         self.model.eval()
-        examples = self.eval_data.examples[self.dist.rank::self.dist.world]
+        examples = self.eval_data.examples[self.dist.rank :: self.dist.world]
         size = self.config.train.batch_size
         stats: dict[str, float] = {}
         count = 0.0
         for start in range(0, len(examples), size):
-            chunk = examples[start:start + size]
+            chunk = examples[start : start + size]
             batch = {k: v.to(self.device) for k, v in self.collate(chunk, self.pad_id).items()}
             with precision.autocast(self.precision, self.device.type):
                 _, parts = self.objective(**batch)
@@ -259,7 +300,9 @@ class Trainer:
         if self.state.best_eval is None or value < self.state.best_eval:
             self.state.best_eval, self.state.best_step, self.state.evals_without_gain = value, step, 0
             if self.dist.main:
-                save_adapter(self.model, self.output / "best", self.adapter, metadata={"step": step, "eval_loss": value})
+                save_adapter(
+                    self.model, self.output / "best", self.adapter, metadata={"step": step, "eval_loss": value}
+                )
         else:
             self.state.evals_without_gain += 1
         metrics = {"step": step, "eval_loss": value}
@@ -274,8 +317,15 @@ class Trainer:
         root = self.output / "checkpoints"
         directory = checkpoint.step_dir(root, self.state.step)
         if self.dist.main:
-            checkpoint.save(directory, self.model, self.adapter, self.optimizer, self.state, self.config.resolved(),
-                            self._provenance())
+            checkpoint.save(
+                directory,
+                self.model,
+                self.adapter,
+                self.optimizer,
+                self.state,
+                self.config.resolved(),
+                self._provenance(),
+            )
             checkpoint.prune(root, self.config.train.keep_checkpoints)
             for cb in self.callbacks:
                 cb.on_save(self, directory)
@@ -285,6 +335,7 @@ class Trainer:
     @contextlib.contextmanager
     def _signals(self):
         """SIGINT/SIGTERM ask the loop to stop after the current step; a second Ctrl-C stops at once."""
+
         def request(signum, _frame):
             self._stop_signal = signum
             signal.signal(signum, previous[signum])
@@ -306,10 +357,16 @@ class Trainer:
         return flag > 0
 
     def _provenance(self) -> dict[str, Any]:
-        return {"training": {"config": self.config.resolved(), "objective": self._objective_name(),
-                             "step": self.state.step, "precision": self.precision,
-                             "processes": self.dist.world, "dataset": {"train": describe(self.train_data),
-                                                                       "eval": describe(self.eval_data)}}}
+        return {
+            "training": {
+                "config": self.config.resolved(),
+                "objective": self._objective_name(),
+                "step": self.state.step,
+                "precision": self.precision,
+                "processes": self.dist.world,
+                "dataset": {"train": describe(self.train_data), "eval": describe(self.eval_data)},
+            }
+        }
 
     def _objective_name(self) -> str:
         guard = self.config.drift_guard
@@ -328,18 +385,30 @@ class Trainer:
             self._evaluate()
         if not cfg.save_every or step % cfg.save_every:
             self._save_checkpoint()
-        metrics = {"steps": step, "final_loss": last.get("loss"), "best_eval_loss": self.state.best_eval,
-                   "best_step": self.state.best_step}
-        summary = {"completed": completed, "metrics": metrics, "wall_seconds": round(seconds, 2),
-                   "output": str(self.output), "adapter": str(self.output / "adapter")}
+        metrics = {
+            "steps": step,
+            "final_loss": last.get("loss"),
+            "best_eval_loss": self.state.best_eval,
+            "best_step": self.state.best_step,
+        }
+        summary = {
+            "completed": completed,
+            "metrics": metrics,
+            "wall_seconds": round(seconds, 2),
+            "output": str(self.output),
+            "adapter": str(self.output / "adapter"),
+        }
         if self.dist.main:
             provenance = self._provenance()
-            provenance["training"].update({"metrics": metrics, "wall_seconds": summary["wall_seconds"],
-                                           "early_stopped": not completed})
+            provenance["training"].update(
+                {"metrics": metrics, "wall_seconds": summary["wall_seconds"], "early_stopped": not completed}
+            )
             save_adapter(self.model, self.output / "adapter", self.adapter, metadata=provenance)
-            record = {"lorakit_version": __version__, "base": {"name_or_path": self.config.base,
-                                                               "fingerprint": bases.fingerprint(self.model)},
-                      **provenance["training"]}
+            record = {
+                "lorakit_version": __version__,
+                "base": {"name_or_path": self.config.base, "fingerprint": bases.fingerprint(self.model)},
+                **provenance["training"],
+            }
             atomic.write_text(self.output / "lorakit.json", json.dumps(record, indent=2, default=str) + "\n")
         for cb in self.callbacks:
             cb.on_train_end(self, summary)

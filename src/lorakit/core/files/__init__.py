@@ -9,10 +9,20 @@ import importlib
 from typing import Any
 
 _PUBLIC = {
-    "META_FILE": "read", "AdapterFiles": "read", "read_adapter": "read", "register_resolver": "read",
-    "resolve_source": "read", "check_fits": "layout", "expected_shapes": "layout", "check_base": "load",
-    "load_adapter": "load", "restore_adapter": "load", "adapter_tensors": "save", "base_metadata": "save",
-    "save_adapter": "save", "write_adapter": "save",
+    "META_FILE": "read",
+    "AdapterFiles": "read",
+    "read_adapter": "read",
+    "register_resolver": "read",
+    "resolve_source": "read",
+    "check_fits": "layout",
+    "expected_shapes": "layout",
+    "check_base": "load",
+    "load_adapter": "load",
+    "restore_adapter": "load",
+    "adapter_tensors": "save",
+    "base_metadata": "save",
+    "save_adapter": "save",
+    "write_adapter": "save",
 }
 __all__ = list(_PUBLIC)
 

@@ -107,5 +107,7 @@ def check_output(path: str | Path, *, overwrite: bool, what: str = "output direc
         return path
     held = sorted(p.name for p in path.iterdir())[:4] if path.is_dir() else []
     holds = f" (it holds {', '.join(held)}{', …' if len(held) == 4 else ''})" if held else ""
-    raise OutputExistsError(f"{path}: the {what} is not empty{holds}; pass --overwrite (Python: overwrite=True) to "
-                            "replace it, or choose another path")
+    raise OutputExistsError(
+        f"{path}: the {what} is not empty{holds}; pass --overwrite (Python: overwrite=True) to "
+        "replace it, or choose another path"
+    )

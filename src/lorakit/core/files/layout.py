@@ -61,7 +61,7 @@ def full_layers(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) 
     for key, tensor in tensors.items():
         if not key.startswith(PREFIX) or not key.endswith(".weight"):
             continue
-        module_name = key[len(PREFIX):-len(".weight")].removesuffix(".base_layer")
+        module_name = key[len(PREFIX) : -len(".weight")].removesuffix(".base_layer")
         try:
             module = unwrap(model.get_submodule(module_name))
         except AttributeError:
@@ -72,7 +72,8 @@ def full_layers(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) 
             raise AdapterMismatchError(
                 f"{path}: the adapter carries the full matrix of {module_name} with shape {tuple(tensor.shape)}, the model's "
                 f"is {tuple(module.weight.shape)}: the vocabulary was resized for this adapter — call "
-                f"model.resize_token_embeddings({tensor.shape[0]}) before loading it")
+                f"model.resize_token_embeddings({tensor.shape[0]}) before loading it"
+            )
         found[key] = tensor
     return found
 
@@ -98,8 +99,13 @@ def _is_ignorable(key: str) -> bool:
     return ".original_module." in key
 
 
-def check_fits(model: nn.Module, files: AdapterFiles, shapes: dict[str, tuple[int, ...]] | None = None, *,
-               full_layers_ok: bool = False) -> dict[str, torch.Tensor]:
+def check_fits(
+    model: nn.Module,
+    files: AdapterFiles,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    *,
+    full_layers_ok: bool = False,
+) -> dict[str, torch.Tensor]:
     """Compare an adapter's tensors with what ``model`` expects (``shapes``: :func:`expected_shapes` when the
     caller already has it); return them by normalised key or raise. Full layers (:func:`full_layers`) are
     returned too when ``full_layers_ok``; otherwise (e.g. serving, where the base is shared) they are refused."""
@@ -109,25 +115,32 @@ def check_fits(model: nn.Module, files: AdapterFiles, shapes: dict[str, tuple[in
     full = full_layers(model, {k: v for k, v in tensors.items() if k not in shapes}, where)
     missing = sorted(set(shapes) - set(tensors))
     if full and not full_layers_ok:
-        raise AdapterMismatchError(f"{where}: the adapter carries the full matrix of {_short(next(iter(full)))} (a resized "
-                                   "vocabulary), which would change the shared base; load it alone with load_adapter, or "
-                                   "merge it into a base of its own (lorakit merge)")
+        raise AdapterMismatchError(
+            f"{where}: the adapter carries the full matrix of {_short(next(iter(full)))} (a resized "
+            "vocabulary), which would change the shared base; load it alone with load_adapter, or "
+            "merge it into a base of its own (lorakit merge)"
+        )
     unexpected = sorted(set(tensors) - set(shapes) - set(full))
     if missing:
-        raise AdapterMismatchError(f"{where}: {len(missing)} tensor(s) missing, first {_short(missing[0])}; the file does not match its config")
+        raise AdapterMismatchError(
+            f"{where}: {len(missing)} tensor(s) missing, first {_short(missing[0])}; the file does not match its config"
+        )
     if unexpected:
-        raise AdapterMismatchError(f"{where}: {len(unexpected)} unexpected tensor(s), first {_short(unexpected[0])}; "
-                                   "the adapter was made for a model with other module names")
+        raise AdapterMismatchError(
+            f"{where}: {len(unexpected)} unexpected tensor(s), first {_short(unexpected[0])}; "
+            "the adapter was made for a model with other module names"
+        )
     for key, shape in shapes.items():
         if tuple(tensors[key].shape) != shape:
             raise AdapterMismatchError(
                 f"{where}: layer {_short(key)} expects shape {shape}, file has {tuple(tensors[key].shape)}"
-                f"{_fingerprint_hint(model, files)}")
+                f"{_fingerprint_hint(model, files)}"
+            )
     return tensors
 
 
 def _short(key: str) -> str:
-    return key[len(PREFIX):] if key.startswith(PREFIX) else key
+    return key[len(PREFIX) :] if key.startswith(PREFIX) else key
 
 
 def _fingerprint_hint(model: nn.Module, files: AdapterFiles) -> str:

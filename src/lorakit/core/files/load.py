@@ -15,13 +15,19 @@ from lorakit.core.files.layout import check_fits, expected_shapes
 from lorakit.core.files.peft_format import PREFIX, bias_key, file_key, saved_module_key
 from lorakit.core.files.read import AdapterFiles, read_adapter
 from lorakit.core.layers import LoraEmbedding, ModulesToSave
-from lorakit.core.modules import unwrap
 from lorakit.core.model import adapter_parameters, adapter_state, inject, lora_layers
+from lorakit.core.modules import unwrap
 from lorakit.core.transaction import all_or_nothing
 
 
-def load_adapter(model: nn.Module, source: str | Path, name: str = "default", *, allow_base_mismatch: bool = False,
-                 trainable: bool = False) -> nn.Module:
+def load_adapter(
+    model: nn.Module,
+    source: str | Path,
+    name: str = "default",
+    *,
+    allow_base_mismatch: bool = False,
+    trainable: bool = False,
+) -> nn.Module:
     """Load an adapter directory into ``model`` as adapter ``name`` (injecting it); returns ``model``.
 
     Everything is validated first — files, config, base fingerprint, keys and shapes — and on any error the
@@ -30,13 +36,17 @@ def load_adapter(model: nn.Module, source: str | Path, name: str = "default", *,
     the base, as PEFT does; the model must have been resized to their shape.
     """
     if name in adapter_state(model).configs:
-        raise AdapterStateError(f"adapter {name!r} already exists; delete_adapter(model, {name!r}) first or choose another name")
+        raise AdapterStateError(
+            f"adapter {name!r} already exists; delete_adapter(model, {name!r}) first or choose another name"
+        )
     files = read_adapter(source)
     check_base(model, files, allow_base_mismatch)
     shapes = expected_shapes(model, files.config)
     tensors = check_fits(model, files, shapes, full_layers_ok=True)
     full = {key: t for key, t in tensors.items() if key not in shapes}
-    written = [p for pname, p in model.named_parameters() if pname.endswith("bias")] if files.config.bias != "none" else []
+    written = (
+        [p for pname, p in model.named_parameters() if pname.endswith("bias")] if files.config.bias != "none" else []
+    )
     written += [_full_layer(model, key).weight for key in full]
     with all_or_nothing(model, keep=written):  # on any error the model is exactly as before
         inject(model, files.config, name)
@@ -69,8 +79,10 @@ def check_base(model: nn.Module, files: AdapterFiles, allow_base_mismatch: bool 
     ours = fingerprint(model)
     if theirs != ours:
         base_name = files.meta.get("base", {}).get("name_or_path", "?")
-        message = (f"{files.path}: adapter was trained on base {base_name!r} (fingerprint {theirs[:12]}), "
-                   f"this model has fingerprint {ours[:12]}; load the right base or pass allow_base_mismatch=True")
+        message = (
+            f"{files.path}: adapter was trained on base {base_name!r} (fingerprint {theirs[:12]}), "
+            f"this model has fingerprint {ours[:12]}; load the right base or pass allow_base_mismatch=True"
+        )
         if not allow_base_mismatch:
             raise BaseMismatchError(message)
         warnings.warn(message, stacklevel=3)
@@ -94,7 +106,7 @@ def _copy_in(model: nn.Module, config: LoraConfig, name: str, tensors: dict[str,
         if config.bias == "all":
             for key, tensor in tensors.items():
                 if key.endswith(".bias") and ".base_layer." not in key:
-                    module_name = key[len(PREFIX):-len(".bias")]
+                    module_name = key[len(PREFIX) : -len(".bias")]
                     if not isinstance(model.get_submodule(module_name), ModulesToSave):
                         model.get_submodule(module_name).bias.copy_(tensor)
 
@@ -107,4 +119,4 @@ def _copy_full_layers(model: nn.Module, tensors: dict[str, torch.Tensor]) -> Non
 
 
 def _full_layer(model: nn.Module, key: str) -> nn.Module:
-    return unwrap(model.get_submodule(key[len(PREFIX):-len(".weight")].removesuffix(".base_layer")))
+    return unwrap(model.get_submodule(key[len(PREFIX) : -len(".weight")].removesuffix(".base_layer")))

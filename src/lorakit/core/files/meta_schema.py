@@ -14,9 +14,17 @@ from lorakit.core.errors import AdapterFileError
 
 _TEXT = {"type": ["string", "null"]}
 _MAPPING = {"type": ["object", "null"]}
-_DATASET = {"type": ["string", "object", "null"],
-            "properties": {"name": _TEXT, "path": _TEXT, "uri": _TEXT, "sha256": _TEXT, "role": _TEXT,
-                           "rows": {"type": ["integer", "null"], "minimum": 0}}}
+_DATASET = {
+    "type": ["string", "object", "null"],
+    "properties": {
+        "name": _TEXT,
+        "path": _TEXT,
+        "uri": _TEXT,
+        "sha256": _TEXT,
+        "role": _TEXT,
+        "rows": {"type": ["integer", "null"], "minimum": 0},
+    },
+}
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -29,23 +37,35 @@ SCHEMA: dict[str, Any] = {
         "owner": _TEXT,
         "description": _TEXT,
         "tags": {"type": ["array", "null"], "items": {"type": "string"}},
-        "base": {"type": ["object", "null"], "properties": {
-            "name_or_path": _TEXT,
-            "fingerprint": {"type": ["string", "null"], "pattern": "^[0-9a-fA-F]{8,}$"},
-            "architecture": _TEXT,
-            "parameters": {"type": ["integer", "null"], "minimum": 0}}},
-        "training": {"type": ["object", "null"], "properties": {
-            "config": _MAPPING,
-            "metrics": {"type": ["object", "array", "null"]},
-            "dataset": _MAPPING,
-            "step": {"type": ["integer", "null"], "minimum": 0}}},
+        "base": {
+            "type": ["object", "null"],
+            "properties": {
+                "name_or_path": _TEXT,
+                "fingerprint": {"type": ["string", "null"], "pattern": "^[0-9a-fA-F]{8,}$"},
+                "architecture": _TEXT,
+                "parameters": {"type": ["integer", "null"], "minimum": 0},
+            },
+        },
+        "training": {
+            "type": ["object", "null"],
+            "properties": {
+                "config": _MAPPING,
+                "metrics": {"type": ["object", "array", "null"]},
+                "dataset": _MAPPING,
+                "step": {"type": ["integer", "null"], "minimum": 0},
+            },
+        },
         "metrics": {"type": ["object", "array", "null"]},
         "dataset": _DATASET,
         "datasets": {"type": ["array", "null"], "items": _DATASET},
-        "lineage": {"type": ["object", "null"], "properties": {
-            "method": _TEXT,
-            "params": _MAPPING,
-            "parents": {"type": ["array", "null"], "items": {"type": ["string", "object"]}}}},
+        "lineage": {
+            "type": ["object", "null"],
+            "properties": {
+                "method": _TEXT,
+                "params": _MAPPING,
+                "parents": {"type": ["array", "null"], "items": {"type": ["string", "object"]}},
+            },
+        },
     },
 }
 """What lorakit reads from ``lorakit.json`` (JSON Schema draft 2020-12)."""
@@ -67,11 +87,12 @@ def check_meta(meta: Any, path: str | Path) -> dict[str, Any]:
             problems.append(f"{key} must be {kinds} (or null), got {_shown(error.instance)}")
         else:
             problems.append(f"{key}: {error.message}")
-    raise AdapterFileError(f"{path}: {'; '.join(problems)}; fix the file or remove the key (lorakit.json is provenance, "
-                           "the adapter itself is in adapter_config.json and adapter_model.safetensors)")
+    raise AdapterFileError(
+        f"{path}: {'; '.join(problems)}; fix the file or remove the key (lorakit.json is provenance, "
+        "the adapter itself is in adapter_config.json and adapter_model.safetensors)"
+    )
 
 
 def _shown(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
-

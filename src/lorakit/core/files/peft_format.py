@@ -37,16 +37,39 @@ _FIELD_MAP = {
 }
 
 # PEFT fields lorakit reads but does not act on: any value is fine.
-_INFORMATIONAL = {"peft_type", "auto_mapping", "peft_version", "revision", "inference_mode", "megatron_core",
-                  "runtime_config", "qalora_group_size", "ensure_weight_tying", "fan_in_fan_out", "init_lora_weights"}
+_INFORMATIONAL = {
+    "peft_type",
+    "auto_mapping",
+    "peft_version",
+    "revision",
+    "inference_mode",
+    "megatron_core",
+    "runtime_config",
+    "qalora_group_size",
+    "ensure_weight_tying",
+    "fan_in_fan_out",
+    "init_lora_weights",
+}
 
 # PEFT features lorakit does not implement: accepted only "off" (null, false, empty); named when on.
-_UNSUPPORTED = {"megatron_config": "Megatron parallel layers", "trainable_token_indices": "trainable tokens",
-                "loftq_config": "LoftQ", "eva_config": None, "corda_config": "CorDA", "lora_ga_config": "LoRA-GA",
-                "velora_config": "VeLoRA", "alora_invocation_tokens": "activated LoRA (aLoRA)",
-                "use_qalora": "QALoRA", "monteclora_config": "MonteCLoRA", "layer_replication": "layer replication",
-                "lora_bias": "a trainable bias on lora_B", "target_parameters": "LoRA on parameters (e.g. fused MoE experts)",
-                "use_bdlora": "block-diagonal LoRA", "arrow_config": "Arrow routing", "kasa_config": "KaSA"}
+_UNSUPPORTED = {
+    "megatron_config": "Megatron parallel layers",
+    "trainable_token_indices": "trainable tokens",
+    "loftq_config": "LoftQ",
+    "eva_config": None,
+    "corda_config": "CorDA",
+    "lora_ga_config": "LoRA-GA",
+    "velora_config": "VeLoRA",
+    "alora_invocation_tokens": "activated LoRA (aLoRA)",
+    "use_qalora": "QALoRA",
+    "monteclora_config": "MonteCLoRA",
+    "layer_replication": "layer replication",
+    "lora_bias": "a trainable bias on lora_B",
+    "target_parameters": "LoRA on parameters (e.g. fused MoE experts)",
+    "use_bdlora": "block-diagonal LoRA",
+    "arrow_config": "Arrow routing",
+    "kasa_config": "KaSA",
+}
 
 # PEFT's defaults for fields a file may leave out (older versions wrote fewer fields).
 _PEFT_DEFAULTS = {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "bias": "none"}
@@ -90,7 +113,9 @@ def config_from_peft(data: Any, source: str) -> LoraConfig:
         raise AdapterFileError(f"{source}: expected a JSON object, got {type(data).__name__}")
     peft_type = data.get("peft_type", "LORA")
     if peft_type != "LORA":
-        raise AdapterFileError(f"{source}: peft_type is {peft_type!r}; lorakit reads LoRA adapters (peft_type 'LORA') only")
+        raise AdapterFileError(
+            f"{source}: peft_type is {peft_type!r}; lorakit reads LoRA adapters (peft_type 'LORA') only"
+        )
     reverse = {theirs: ours for ours, theirs in _FIELD_MAP.items()}
     kwargs: dict[str, Any] = {reverse[key]: value for key, value in _PEFT_DEFAULTS.items()}
     ignored = []
@@ -100,20 +125,28 @@ def config_from_peft(data: Any, source: str) -> LoraConfig:
                 kwargs[reverse[key]] = value
         elif key in _UNSUPPORTED:
             if not _is_off(value) and _UNSUPPORTED[key] is not None:
-                raise AdapterFileError(f"{source}: field {key!r} = {_short(value)} switches on {_UNSUPPORTED[key]}, "
-                                       "which lorakit does not implement; load this adapter with PEFT")
+                raise AdapterFileError(
+                    f"{source}: field {key!r} = {_short(value)} switches on {_UNSUPPORTED[key]}, "
+                    "which lorakit does not implement; load this adapter with PEFT"
+                )
         elif key not in _INFORMATIONAL:
             if not _is_off(value):
-                raise AdapterFileError(f"{source}: unknown config field {key!r} = {_short(value)}; lorakit does not know what "
-                                       "it changes, so it refuses rather than compute something else — remove the field "
-                                       "only if you know it is off")
+                raise AdapterFileError(
+                    f"{source}: unknown config field {key!r} = {_short(value)}; lorakit does not know what "
+                    "it changes, so it refuses rather than compute something else — remove the field "
+                    "only if you know it is off"
+                )
             ignored.append(key)
     if ignored:
-        warnings.warn(f"{source}: ignoring field(s) {', '.join(map(repr, ignored))} unknown to lorakit (set to null/false/empty)",
-                      stacklevel=3)
+        warnings.warn(
+            f"{source}: ignoring field(s) {', '.join(map(repr, ignored))} unknown to lorakit (set to null/false/empty)",
+            stacklevel=3,
+        )
     kwargs["init"] = _init_from_peft(data.get("init_lora_weights", True), source)
     if kwargs.get("targets") is None:
-        raise AdapterFileError(f"{source}: target_modules is missing; the file does not say which modules the adapter changes")
+        raise AdapterFileError(
+            f"{source}: target_modules is missing; the file does not say which modules the adapter changes"
+        )
     if isinstance(kwargs.get("targets"), (set, tuple)):
         kwargs["targets"] = sorted(kwargs["targets"])
     try:
@@ -126,12 +159,16 @@ def _init_from_peft(init: Any, source: str) -> str:
     if init in ("pissa", "olora"):
         return init
     if isinstance(init, str) and init.startswith("pissa_niter_"):
-        raise AdapterFileError(f"{source}: init_lora_weights {init!r}: the adapter expects a base rewritten by a randomized "
-                               "SVD, which cannot be reproduced; save it from PEFT with "
-                               "path_initial_model_for_weight_conversion (plain LoRA) and load that")
+        raise AdapterFileError(
+            f"{source}: init_lora_weights {init!r}: the adapter expects a base rewritten by a randomized "
+            "SVD, which cannot be reproduced; save it from PEFT with "
+            "path_initial_model_for_weight_conversion (plain LoRA) and load that"
+        )
     if init in _BASE_REWRITING_INITS:
-        raise AdapterFileError(f"{source}: init_lora_weights {init!r}: the adapter expects a base rewritten by "
-                               f"{_BASE_REWRITING_INITS[init]}, which lorakit does not implement; load it with PEFT")
+        raise AdapterFileError(
+            f"{source}: init_lora_weights {init!r}: the adapter expects a base rewritten by "
+            f"{_BASE_REWRITING_INITS[init]}, which lorakit does not implement; load it with PEFT"
+        )
     return "gaussian" if init == "gaussian" else "default"
 
 

@@ -80,7 +80,9 @@ def read_adapter(source: str | Path, device: str | torch.device = "cpu") -> Adap
         raise AdapterFileError(f"{path}: no {CONFIG_FILE}; an adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     if not weights_path.exists():
         pickled = [p.name for p in path.glob("*.bin")]
-        hint = f" ({pickled[0]} is a pickle file, which lorakit never reads: convert it to safetensors)" if pickled else ""
+        hint = (
+            f" ({pickled[0]} is a pickle file, which lorakit never reads: convert it to safetensors)" if pickled else ""
+        )
         raise AdapterFileError(f"{path}: no {WEIGHTS_FILE}{hint}")
     raw = _read_json(config_path)
     config = config_from_peft(raw, str(config_path))
@@ -101,8 +103,10 @@ def check_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> dict[st
     """
     for key, tensor in tensors.items():
         if ".lora_" in key and not tensor.is_floating_point():
-            raise AdapterFileError(f"{path}: tensor {key} is {str(tensor.dtype).removeprefix('torch.')}, not floating "
-                                   "point; LoRA factors are float32/float16/bfloat16 — the file is damaged or not an adapter")
+            raise AdapterFileError(
+                f"{path}: tensor {key} is {str(tensor.dtype).removeprefix('torch.')}, not floating "
+                "point; LoRA factors are float32/float16/bfloat16 — the file is damaged or not an adapter"
+            )
     floating = [(key, tensor) for key, tensor in tensors.items() if tensor.is_floating_point() and tensor.numel()]
     if not floating or bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float32) for _, t in floating])).all()):
         return tensors
@@ -110,9 +114,11 @@ def check_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> dict[st
         bad = int((~torch.isfinite(tensor)).sum())
         if bad:
             nan = int(torch.isnan(tensor).sum())
-            raise AdapterFileError(f"{path}: tensor {key} holds {bad} non-finite value(s) ({nan} NaN, {bad - nan} "
-                                   f"inf) of {tensor.numel()}; the adapter was saved from a diverged run — use an "
-                                   "earlier checkpoint")
+            raise AdapterFileError(
+                f"{path}: tensor {key} holds {bad} non-finite value(s) ({nan} NaN, {bad - nan} "
+                f"inf) of {tensor.numel()}; the adapter was saved from a diverged run — use an "
+                "earlier checkpoint"
+            )
     return tensors
 
 

@@ -16,7 +16,14 @@ from lorakit.core.bases import fingerprint
 from lorakit.core.errors import AdapterStateError
 from lorakit.core.files import atomic
 from lorakit.core.files.layout import plain_biases
-from lorakit.core.files.peft_format import CONFIG_FILE, WEIGHTS_FILE, bias_key, config_to_peft, file_key, saved_module_key
+from lorakit.core.files.peft_format import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    bias_key,
+    config_to_peft,
+    file_key,
+    saved_module_key,
+)
 from lorakit.core.files.read import META_FILE
 from lorakit.core.layers import LoraEmbedding, ModulesToSave
 from lorakit.core.layers.variants.save_form import export_config, export_tensors
@@ -47,8 +54,9 @@ def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
 
 
-def save_adapter(model: nn.Module, directory: str | Path, name: str = "default", *,
-                 metadata: dict[str, Any] | None = None) -> Path:
+def save_adapter(
+    model: nn.Module, directory: str | Path, name: str = "default", *, metadata: dict[str, Any] | None = None
+) -> Path:
     """Write adapter ``name`` to ``directory`` in PEFT's layout, atomically; returns the directory.
 
     ``metadata`` is merged into ``lorakit.json`` (training adds dataset, metrics and config there).
@@ -62,8 +70,12 @@ def save_adapter(model: nn.Module, directory: str | Path, name: str = "default",
     fan_in_fan_out = any(getattr(layer, "fan_in_fan_out", False) for _, layer in layers)
     peft_config = config_to_peft(config, leaf_names, fan_in_fan_out)
     model_config = getattr(model, "config", None)
-    peft_config["base_model_name_or_path"] = config.base_model_name_or_path or getattr(model_config, "name_or_path", None) or None
-    peft_config["task_type"] = config.task_type or _task_type(model)  # SEQ_CLS/TOKEN_CLS only when the config says: they make PEFT save heads
+    peft_config["base_model_name_or_path"] = (
+        config.base_model_name_or_path or getattr(model_config, "name_or_path", None) or None
+    )
+    peft_config["task_type"] = config.task_type or _task_type(
+        model
+    )  # SEQ_CLS/TOKEN_CLS only when the config says: they make PEFT save heads
     meta = base_metadata(model)
     meta["adapter_name"] = name
     meta.update(metadata or {})
@@ -84,8 +96,9 @@ def base_metadata(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def write_adapter(directory: str | Path, peft_config: dict[str, Any], tensors: dict[str, torch.Tensor],
-                  meta: dict[str, Any]) -> Path:
+def write_adapter(
+    directory: str | Path, peft_config: dict[str, Any], tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> Path:
     """Write the three files of an adapter directory atomically (staging directory, then rename)."""
     directory = Path(directory)
     payload = safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})

@@ -14,8 +14,13 @@ from pathlib import Path
 
 from lorakit.core.errors import LorakitError
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _kind(mode: int) -> str:
@@ -61,8 +66,10 @@ def utf8_lines(path: str | Path, what: str, error: type[LorakitError]) -> Iterat
             try:
                 yield lineno, raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise error(f"{path}:{lineno}: the {what} is not UTF-8 text (byte {raw[err.start]:#04x} at column "
-                            f"{err.start + 1}); save it as UTF-8") from None
+                raise error(
+                    f"{path}:{lineno}: the {what} is not UTF-8 text (byte {raw[err.start]:#04x} at column "
+                    f"{err.start + 1}); save it as UTF-8"
+                ) from None
 
 
 def read_utf8(path: str | Path, what: str, error: type[LorakitError], *, max_bytes: int | None = None) -> str:

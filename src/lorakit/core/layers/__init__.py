@@ -9,4 +9,13 @@ from lorakit.core.layers.saved_module import ModulesToSave
 LAYER_TYPES = {"linear": LoraLinear, "embedding": LoraEmbedding, "conv": LoraConv}
 """The LoRA layer class for each kind of module :func:`lorakit.core.targeting.layer_kind` names."""
 
-__all__ = ["LAYER_TYPES", "LoraLayer", "LoraLinear", "LoraEmbedding", "LoraConv", "ModulesToSave", "RowRouting", "linear_shape"]
+__all__ = [
+    "LAYER_TYPES",
+    "LoraLayer",
+    "LoraLinear",
+    "LoraEmbedding",
+    "LoraConv",
+    "ModulesToSave",
+    "RowRouting",
+    "linear_shape",
+]

@@ -21,8 +21,9 @@ class RowRouting:
     to reuse them.
     """
 
-    def __init__(self, row_adapters: list[str | None], device: torch.device | str = "cpu",
-                 plans: dict | None = None) -> None:
+    def __init__(
+        self, row_adapters: list[str | None], device: torch.device | str = "cpu", plans: dict | None = None
+    ) -> None:
         self.row_adapters = list(row_adapters)
         self.device = device
         self.plans: dict[tuple[int, bool], tuple[list, list[str]]] = {} if plans is None else plans
@@ -78,12 +79,16 @@ class LoraLayer(Wrapper, ABC):
     def require_adapter(self, name: str) -> None:
         """Raise :class:`AdapterStateError` naming this layer's path unless it holds adapter ``name``."""
         if name not in self.lora_A:
-            raise AdapterStateError(f"layer {self.path}: no adapter named {name!r}; it has {self.adapter_names or 'none'}")
+            raise AdapterStateError(
+                f"layer {self.path}: no adapter named {name!r}; it has {self.adapter_names or 'none'}"
+            )
 
     def add_adapter(self, name: str, r: int, scale: float, dropout: float, init: str = "default") -> None:
         """Create adapter ``name`` of rank ``r``; B (or its analogue) starts at zero so the output is unchanged."""
         if name in self.lora_A:
-            raise AdapterStateError(f"layer {self.path}: adapter {name!r} already exists; delete it first or pick another name")
+            raise AdapterStateError(
+                f"layer {self.path}: adapter {name!r} already exists; delete it first or pick another name"
+            )
         weight = self._base_weight()
         factory = {"device": weight.device, "dtype": self._adapter_dtype(weight)}
         self.lora_A[name] = nn.Parameter(torch.empty(r, self.in_features, **factory))
@@ -96,7 +101,9 @@ class LoraLayer(Wrapper, ABC):
         """Add adapter ``name`` from loaded factors ``A: (r, in)``, ``B: (out, r)`` as frozen parameters, without
         initialising (no copy when they already have the adapter dtype). Shapes are the caller's to check."""
         if name in self.lora_A:
-            raise AdapterStateError(f"layer {self.path}: adapter {name!r} already exists; delete it first or pick another name")
+            raise AdapterStateError(
+                f"layer {self.path}: adapter {name!r} already exists; delete it first or pick another name"
+            )
         weight = self._base_weight()
         dtype = self._adapter_dtype(weight)
         self.lora_A[name] = nn.Parameter(A.to(weight.device, dtype), requires_grad=False)
@@ -110,7 +117,9 @@ class LoraLayer(Wrapper, ABC):
 
     def delete_adapter(self, name: str) -> None:
         if name in self.merged:
-            raise AdapterStateError(f"layer {self.path}: adapter {name!r} is merged into the base weight; unmerge it before deleting")
+            raise AdapterStateError(
+                f"layer {self.path}: adapter {name!r} is merged into the base weight; unmerge it before deleting"
+            )
         for attr in self.adapter_param_names + self.state_param_names:
             store = getattr(self, attr)
             if name in store:
@@ -172,12 +181,16 @@ class LoraLayer(Wrapper, ABC):
         if name not in self.lora_A:
             return
         if name in self.merged:
-            raise AdapterStateError(f"layer {self.path}: adapter {name!r} is already merged; unmerge before merging again")
+            raise AdapterStateError(
+                f"layer {self.path}: adapter {name!r} is already merged; unmerge before merging again"
+            )
         weight = self.read_weight()
         merged = self.merged_weight(name, weight, self.original_weight() if self.merged else weight)
         if safe and not torch.isfinite(merged).all():
-            raise MergeError(f"layer {self.path}: merging adapter {name!r} would write NaN/inf into a weight of shape "
-                             f"{tuple(merged.shape)}; the adapter is broken")
+            raise MergeError(
+                f"layer {self.path}: merging adapter {name!r} would write NaN/inf into a weight of shape "
+                f"{tuple(merged.shape)}; the adapter is broken"
+            )
         self.write_weight(merged, requantize)
         self.merged.append(name)
 
@@ -195,5 +208,7 @@ class LoraLayer(Wrapper, ABC):
 
     def _check_routing(self) -> RowRouting | None:
         if self.routing is not None and self.merged:
-            raise AdapterStateError(f"layer {self.path}: per-row adapters need unmerged adapters; unmerge before routing rows")
+            raise AdapterStateError(
+                f"layer {self.path}: per-row adapters need unmerged adapters; unmerge before routing rows"
+            )
         return None if self.disabled else self.routing

@@ -45,12 +45,16 @@ class LoraConv(LoraLayer):
                 or ``init`` is PiSSA/OLoRA (defined for linear layers).
         """
         if name in self.lora_A:
-            raise AdapterStateError(f"layer {self.path}: adapter {name!r} already exists; delete it first or pick another name")
+            raise AdapterStateError(
+                f"layer {self.path}: adapter {name!r} already exists; delete it first or pick another name"
+            )
         refusal = conv_refusal(self.base_layer, r)
         if refusal:
             raise ConfigError(f"layer {self.path}: lorakit cannot adapt a convolution with {refusal}; exclude it")
         if init not in ("default", "gaussian"):
-            raise ConfigError(f"layer {self.path}: init {init!r} is for linear layers; exclude convolutions or use init default/gaussian")
+            raise ConfigError(
+                f"layer {self.path}: init {init!r} is for linear layers; exclude convolutions or use init default/gaussian"
+            )
         weight = self.base_layer.weight
         factory = {"device": weight.device, "dtype": self._adapter_dtype(weight)}
         kernel = tuple(self.base_layer.kernel_size)
@@ -73,8 +77,10 @@ class LoraConv(LoraLayer):
     def delta_weight(self, name: str) -> torch.Tensor:
         """``ΔW = scale · Σ_k B[o, k] A[k, i, …]``: ``(out, in, *kernel)`` in fp32 (groups == 1 only)."""
         if self.groups > 1:
-            raise MergeError(f"layer {self.path}: a LoRA on a convolution with groups={self.groups} cannot be merged "
-                             "(PEFT cannot either); keep the adapter unmerged")
+            raise MergeError(
+                f"layer {self.path}: a LoRA on a convolution with groups={self.groups} cannot be merged "
+                "(PEFT cannot either); keep the adapter unmerged"
+            )
         A = self.lora_A[name].float()  # (r, in, *kernel)
         B = self.lora_B[name].float().flatten(1)  # (out, r)
         return self.scaling[name] * torch.einsum("or,ri...->oi...", B, A)  # (out, in, *kernel)

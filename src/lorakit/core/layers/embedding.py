@@ -46,8 +46,10 @@ class LoraEmbedding(LoraLayer):
         if isinstance(scale, torch.Tensor) and scale.numel() == 1:
             return scale
         shape = tuple(scale.shape) if isinstance(scale, torch.Tensor) else type(scale).__name__
-        raise ConfigError(f"layer {self.path}: embedding has embed_scale of shape {shape}, not a scalar; LoRA cannot "
-                          "scale its delta like the model scales this embedding: exclude it from the targets")
+        raise ConfigError(
+            f"layer {self.path}: embedding has embed_scale of shape {shape}, not a scalar; LoRA cannot "
+            "scale its delta like the model scales this embedding: exclude it from the targets"
+        )
 
     def reset_adapter(self, name: str, init: str = "default") -> None:
         with torch.no_grad():
@@ -55,12 +57,21 @@ class LoraEmbedding(LoraLayer):
             nn.init.normal_(self.lora_B[name])
 
     def delta_weight(self, name: str) -> torch.Tensor:
-        return self.scaling[name] * (self.lora_B[name].float() @ self.lora_A[name].float()).T  # ((dim, r)(r, n))ᵀ -> (n, dim)
+        return (
+            self.scaling[name] * (self.lora_B[name].float() @ self.lora_A[name].float()).T
+        )  # ((dim, r)(r, n))ᵀ -> (n, dim)
 
     def _lookup(self, ids: torch.Tensor, name: str) -> torch.Tensor:
         base = self.base_layer
-        after_a = F.embedding(ids, self.lora_A[name].T, base.padding_idx, base.max_norm, base.norm_type,
-                              base.scale_grad_by_freq, base.sparse)  # (..., r)
+        after_a = F.embedding(
+            ids,
+            self.lora_A[name].T,
+            base.padding_idx,
+            base.max_norm,
+            base.norm_type,
+            base.scale_grad_by_freq,
+            base.sparse,
+        )  # (..., r)
         delta = after_a @ self.lora_B[name].T  # (..., r) @ (r, dim) -> (..., dim)
         scale = self.embed_scale()
         return delta if scale is None else delta * scale.to(delta.dtype)  # c · (..., dim), as the base output

@@ -16,8 +16,8 @@ from torch import nn
 
 from lorakit.core import quant
 from lorakit.core.layers import routed
-from lorakit.core.layers.variants import dora
 from lorakit.core.layers.base import LoraLayer
+from lorakit.core.layers.variants import dora
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int, bool]:
@@ -109,7 +109,9 @@ class LoraLinear(LoraLayer):
             self.base_layer = requantized
             return
         dtype = getattr(base, "lorakit_float_dtype", torch.float32)
-        dense = nn.Linear(self.in_features, self.out_features, bias=base.bias is not None, device=weight.device, dtype=dtype)
+        dense = nn.Linear(
+            self.in_features, self.out_features, bias=base.bias is not None, device=weight.device, dtype=dtype
+        )
         dense.weight.data.copy_(weight)
         if base.bias is not None:
             dense.bias.data.copy_(base.bias.data)
@@ -228,5 +230,7 @@ class LoraLinear(LoraLayer):
         return out
 
     def extra_repr(self) -> str:
-        ranks = ", ".join(f"{n}: r={self.rank(n)}{' dora' if n in self.lora_magnitude else ''}" for n in self.adapter_names)
+        ranks = ", ".join(
+            f"{n}: r={self.rank(n)}{' dora' if n in self.lora_magnitude else ''}" for n in self.adapter_names
+        )
         return f"in={self.in_features}, out={self.out_features}, adapters=[{ranks}], active={list(self.active)}"

@@ -25,10 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-
-GATHER_MIN_BYTES = 256 * 1024  # factor bytes a gathered slab must save per layer to pay for its extra ops (~10 µs of reads)
+GATHER_MIN_BYTES = (
+    256 * 1024
+)  # factor bytes a gathered slab must save per layer to pay for its extra ops (~10 µs of reads)
 
 
 @dataclass(slots=True)
@@ -54,9 +54,14 @@ def fast_names(layer, routing) -> set[str]:
     """Adapters of ``routing`` this layer computes on the batched path: plain LoRA (no DoRA/AdaLoRA terms),
     and no dropout while training."""
     factors, magnitude, svd_form = layer.lora_A, layer.lora_magnitude, layer.lora_E  # hoisted: module lookups are slow
-    return {name for name in routing.groups
-            if name in factors and name not in magnitude and name not in svd_form
-            and not (layer.training and layer.dropout_p[name] > 0)}
+    return {
+        name
+        for name in routing.groups
+        if name in factors
+        and name not in magnitude
+        and name not in svd_form
+        and not (layer.training and layer.dropout_p[name] > 0)
+    }
 
 
 def plan(layer, routing) -> tuple[list[RankGroup], list[str]]:
@@ -85,9 +90,13 @@ def plan(layer, routing) -> tuple[list[RankGroup], list[str]]:
         factor_bytes = lora_A[names[0]].numel() + lora_B[names[0]].numel()  # per adapter of this rank, in elements
         gathered = (len(used) - len(names)) * factor_bytes * lora_A[names[0]].element_size() >= GATHER_MIN_BYTES
         slabs = names if gathered else used  # without the gather, one slab per row (an adapter repeated by row)
-        A = torch.stack([lora_A[name] for name in slabs]).transpose(1, 2)  # (u, r, in) -> (u, in, r), a view: bmm reads it fastest
+        A = torch.stack([lora_A[name] for name in slabs]).transpose(
+            1, 2
+        )  # (u, r, in) -> (u, in, r), a view: bmm reads it fastest
         scales = torch.tensor([layer.scaling[name] for name in slabs], dtype=A.dtype, device=A.device)
-        B = torch.stack([lora_B[name].T for name in slabs]) * scales.view(-1, 1, 1)  # (u, r, out) contiguous: 2× faster bmm
+        B = torch.stack([lora_B[name].T for name in slabs]) * scales.view(
+            -1, 1, 1
+        )  # (u, r, out) contiguous: 2× faster bmm
         if len(slabs) == len(used):
             groups.append(RankGroup(index, A, B, 1.0, True))
             continue
@@ -96,8 +105,17 @@ def plan(layer, routing) -> tuple[list[RankGroup], list[str]]:
         gather = [row for name in names for row in members[name] + members[name][:1] * (m - len(members[name]))]
         slot = {row: names.index(name) * m + k for name in names for k, row in enumerate(members[name])}
         as_index = dict(dtype=torch.long, device=routing.device)
-        groups.append(RankGroup(index, A, B, 1.0, True, torch.tensor(gather, **as_index),
-                                torch.tensor([slot[row] for row in rows], **as_index)))
+        groups.append(
+            RankGroup(
+                index,
+                A,
+                B,
+                1.0,
+                True,
+                torch.tensor(gather, **as_index),
+                torch.tensor([slot[row] for row in rows], **as_index),
+            )
+        )
     slow = [name for name in routing.groups if name in lora_A and name not in ranks]
     if not torch.is_grad_enabled():
         routing.plans[key] = (groups, slow)

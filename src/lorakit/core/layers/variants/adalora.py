@@ -50,5 +50,8 @@ def orthogonality_penalty(model: nn.Module, name: str = "default") -> torch.Tens
 
 def kept_ranks(model: nn.Module, name: str = "default") -> dict[str, int]:
     """Module name -> number of triplets with non-zero Λ."""
-    return {mname: int((layer.lora_E[name] != 0).sum()) for mname, layer in lora_layers(model)
-            if name in getattr(layer, "lora_E", {})}
+    return {
+        mname: int((layer.lora_E[name] != 0).sum())
+        for mname, layer in lora_layers(model)
+        if name in getattr(layer, "lora_E", {})
+    }

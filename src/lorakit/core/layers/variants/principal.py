@@ -29,8 +29,10 @@ def principal_factors(weight: torch.Tensor, r: int, scale: float, init: str) -> 
     """``(A: (r, in), B: (out, r))`` in fp32 for ``init`` (``pissa``, ``pissa_niter_K``, ``olora``) of ``weight: (out, in)``."""
     out_features, in_features = weight.shape
     if r > min(out_features, in_features):
-        raise ConfigError(f"init={init} needs r ≤ min(out, in) = {min(out_features, in_features)} for a weight of shape "
-                          f"{tuple(weight.shape)}; got r={r}")
+        raise ConfigError(
+            f"init={init} needs r ≤ min(out, in) = {min(out_features, in_features)} for a weight of shape "
+            f"{tuple(weight.shape)}; got r={r}"
+        )
     if init == "olora":
         Q, R = torch.linalg.qr(weight)  # (out, k) (k, in), k = min(out, in)
         return R[:r].contiguous(), Q[:, :r].contiguous()
@@ -53,8 +55,10 @@ def principal_init(layer, name: str, init: str) -> None:
     The initial factors are kept frozen (``lora_A0``/``lora_B0``) so the adapter can be saved against W₀.
     """
     if layer.is_quantized():
-        raise ConfigError(f"init={init} must start from the float weights: inject on the float base, then quantise it "
-                          "(lorakit.core.quant.quantize_model), so the residual is what gets rounded")
+        raise ConfigError(
+            f"init={init} must start from the float weights: inject on the float base, then quantise it "
+            "(lorakit.core.quant.quantize_model), so the residual is what gets rounded"
+        )
     weight = layer.dense_weight()  # (out, in) fp32
     scale = layer.scaling[name]
     A, B = principal_factors(weight, layer.rank(name), scale, init)

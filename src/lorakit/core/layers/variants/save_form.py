@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from lorakit.core.config import LoraConfig
-from lorakit.core.layers.variants.principal import plain_factors
 from lorakit.core.layers import LoraLayer, LoraLinear
+from lorakit.core.layers.variants.principal import plain_factors
 
 
 def export_tensors(layer: LoraLayer, name: str) -> dict[str, torch.Tensor]:

@@ -111,6 +111,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("audit_log", "lineage_edges", "metrics", "adapter_datasets", "adapter_files", "adapters", "datasets",
-                  "base_models"):
+    for table in (
+        "audit_log",
+        "lineage_edges",
+        "metrics",
+        "adapter_datasets",
+        "adapter_files",
+        "adapters",
+        "datasets",
+        "base_models",
+    ):
         op.drop_table(table)

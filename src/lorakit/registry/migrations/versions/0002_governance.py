@@ -28,14 +28,20 @@ def upgrade() -> None:
     op.execute("UPDATE adapters SET status_changed_at = created_at")
     op.create_index("ix_adapter_files_sha256", "adapter_files", ["sha256"])
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("CREATE FUNCTION lorakit_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
-                   f"$$ BEGIN RAISE EXCEPTION '{_APPEND_ONLY}'; END $$")
-        op.execute("CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
-                   "FOR EACH ROW EXECUTE FUNCTION lorakit_audit_append_only()")
+        op.execute(
+            "CREATE FUNCTION lorakit_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN RAISE EXCEPTION '{_APPEND_ONLY}'; END $$"
+        )
+        op.execute(
+            "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+            "FOR EACH ROW EXECUTE FUNCTION lorakit_audit_append_only()"
+        )
     else:
         for event in ("UPDATE", "DELETE"):
-            op.execute(f"CREATE TRIGGER audit_log_no_{event.lower()} BEFORE {event} ON audit_log "
-                       f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END")
+            op.execute(
+                f"CREATE TRIGGER audit_log_no_{event.lower()} BEFORE {event} ON audit_log "
+                f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END"
+            )
 
 
 def downgrade() -> None:

@@ -30,12 +30,16 @@ def _drop_guard(dialect: str) -> None:
 
 def _create_guard(dialect: str) -> None:
     if dialect == "postgresql":
-        op.execute("CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
-                   "FOR EACH ROW EXECUTE FUNCTION lorakit_audit_append_only()")
+        op.execute(
+            "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+            "FOR EACH ROW EXECUTE FUNCTION lorakit_audit_append_only()"
+        )
     else:
         for event in ("UPDATE", "DELETE"):
-            op.execute(f"CREATE TRIGGER audit_log_no_{event.lower()} BEFORE {event} ON audit_log "
-                       f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END")
+            op.execute(
+                f"CREATE TRIGGER audit_log_no_{event.lower()} BEFORE {event} ON audit_log "
+                f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END"
+            )
 
 
 def upgrade() -> None:
@@ -54,8 +58,13 @@ def upgrade() -> None:
         entry.prev_hash = prev
         entry.entry_hash = prev = entry_hash(prev, entry)
     session.flush()
-    seal(session, [AuditEntry(at=utcnow(), actor=_ACTOR, action="seal", adapter=adapter.ref, details={})
-                   for adapter in session.scalars(select(Adapter).order_by(Adapter.id))])
+    seal(
+        session,
+        [
+            AuditEntry(at=utcnow(), actor=_ACTOR, action="seal", adapter=adapter.ref, details={})
+            for adapter in session.scalars(select(Adapter).order_by(Adapter.id))
+        ],
+    )
     session.flush()
     session.close()
     _create_guard(dialect)
