@@ -13,9 +13,10 @@ contender and reference stepping in alternation (A B A B … within each pair),
 with a plain model holding the merged adapter (``merge_and_unload``) as reference, and PEFT's
 ``adapter_names`` mixed batch for G3. L1: ``Engine.load_adapter`` (disk to servable, page cache warm) against
 ``safetensors.torch.load_file`` of the same file. L2: re-routing every LoRA layer of a batch to another
-resident adapter, including finding (or building) each layer's plan. S: a real uvicorn server on loopback, 64 client threads sending a
-bounded number of completions (16 tokens each) with Zipf(1) popularity over 100 adapters, against the same load
-all on one adapter. ``--write-docs`` puts the table into docs/benchmarks.md between the ``bench:serve`` markers.
+resident adapter, including finding (or building) each layer's plan. S: a real uvicorn server on loopback, 64 client
+threads sending a bounded number of completions (16 tokens each) with Zipf(1) popularity over 100 adapters, against the
+same load all on one adapter. ``--write-docs`` puts the table into docs/benchmarks.md between the ``bench:serve``
+markers.
 """
 
 from __future__ import annotations

@@ -239,7 +239,8 @@ def machine() -> str:
     flags = Path("/proc/cpuinfo").read_text()
     isa = "AMX" if "amx_bf16" in flags else ("AVX512-BF16" if "avx512_bf16" in flags else "no bf16 ISA")
     return (
-        f"{cpu} ({isa}), {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}, "
+        f"{cpu} ({isa}), {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f}, "
+        f"torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}"
     )
 
@@ -273,7 +274,8 @@ def table(results: dict[str, list[dict]], pairs: int) -> str:
                         "T1 step time, lorakit / PEFT with base stored in bf16",
                         per_round("step_s", "lorakit", "peft-bf16"),
                         0.85,
-                        f"PEFT (bf16 base) {med('peft-bf16', 'step_s'):.2f} s, {med('peft-bf16', 'peak_rss_mb'):.0f} MB",
+                        f"PEFT (bf16 base) {med('peft-bf16', 'step_s'):.2f} s, "
+                        f"{med('peft-bf16', 'peak_rss_mb'):.0f} MB",
                     )
                 ]
                 if "peft-bf16" in rounds[0]
@@ -302,7 +304,8 @@ def table(results: dict[str, list[dict]], pairs: int) -> str:
         ]
         for name, values, goal, absolute in rows:
             lines.append(
-                f"| {name} | {precision} | {_ratio_cell(values, goal)} | {'' if goal is None else f'≤ {goal}'} | {absolute} |"
+                f"| {name} | {precision} | {_ratio_cell(values, goal)} | "
+                f"{'' if goal is None else f'≤ {goal}'} | {absolute} |"
             )
     return "\n".join(lines)
 
@@ -325,7 +328,8 @@ def t5_table(rounds: list[dict]) -> str:
             "|---|---|---|---|",
             f"| T5 eval decode tokens/s, adapted (merged copy) / base | {cell(ratios('adapted'), 0.95)} | ≥ 0.95 | "
             f"adapted {med('adapted'):.0f} tok/s, base {med('base'):.0f} tok/s |",
-            f"| (adapted unmerged / base, for reference) | {cell(ratios('unmerged'), None)} | | unmerged {med('unmerged'):.0f} tok/s |",
+            f"| (adapted unmerged / base, for reference) | {cell(ratios('unmerged'), None)} | | "
+            f"unmerged {med('unmerged'):.0f} tok/s |",
         ]
     )
 

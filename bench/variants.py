@@ -4,9 +4,9 @@
 
 Each variant trains in its own fresh process (so peak RSS is its own) on the quickstart's data with fixed settings
 (SmolLM2-135M-Instruct, r=16, α=32, all linear layers, batch 8, 160 tokens, lr 1e-3, 10% warm-up, cosine, bf16
-autocast where fast), then reports the eval loss on the validation split, exact match on the 120 held-out test messages (greedy),
-trainable parameters, peak RSS and the median step time. The QLoRA process also measures Q1 (bytes of the NF4
-linear layers with their constants / the same layers in fp32) and Q1b (whole model). Q2 = QLoRA eval loss / LoRA
+autocast where fast), then reports the eval loss on the validation split, exact match on the 120 held-out test
+messages (greedy), trainable parameters, peak RSS and the median step time. The QLoRA process also measures Q1 (bytes of
+the NF4 linear layers with their constants / the same layers in fp32) and Q1b (whole model). Q2 = QLoRA eval loss / LoRA
 eval loss. ``--write-docs`` puts the table into docs/benchmarks.md between the ``bench:variants`` markers.
 """
 
@@ -109,7 +109,8 @@ def footprint() -> str:
     quantised, fp32 = quant.quantized_footprint(model)
     held, full = quant.base_footprint(model)
     return (
-        f"- **Q1** NF4 linear layers with double-quantised constants ÷ the same layers in fp32: **{quantised / fp32:.4f}** "
+        f"- **Q1** NF4 linear layers with double-quantised constants ÷ the same layers in fp32: "
+        f"**{quantised / fp32:.4f}** "
         f"({quantised / 2**20:.1f} MiB vs {fp32 / 2**20:.1f} MiB; goal ≤ 0.135).\n"
         f"- **Q1b** whole base (embeddings and norms stay fp32) NF4 ÷ fp32: **{held / full:.3f}** "
         f"({held / 2**20:.1f} MiB vs {full / 2**20:.1f} MiB).\n"
@@ -158,7 +159,8 @@ def checkpointing_table() -> str:
         if len(pair) == 2:
             off, on = sorted(pair, key=lambda r: r["checkpointing"])
             lines.append(
-                f"| {variant} | {off['step_mb']:.0f} MB → {on['step_mb']:.0f} MB | {on['step_mb'] / off['step_mb']:.2f} |"
+                f"| {variant} | {off['step_mb']:.0f} MB → {on['step_mb']:.0f} MB | "
+                f"{on['step_mb'] / off['step_mb']:.2f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -192,7 +194,10 @@ def machine() -> str:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), load average {load:.1f}"
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"load average {load:.1f}"
+    )
 
 
 def table(rows: list[dict], steps: int, test_rows: int, command: str, where: str) -> str:
@@ -222,7 +227,8 @@ def table(rows: list[dict], steps: int, test_rows: int, command: str, where: str
             f"- **Q1** NF4 linear layers with double-quantised constants ÷ the same layers in fp32: "
             f"**{qlora['q1']:.4f}** (goal ≤ 0.135; {'met' if qlora['q1'] <= 0.135 else 'missed'}).",
             f"- **Q1b** whole base (embeddings and norms stay fp32) NF4 ÷ fp32: **{qlora['q1b']:.3f}**.",
-            f"- **Q2** QLoRA eval loss ÷ LoRA eval loss: **{q2:.4f}** (goal ≤ 1.05; {'met' if q2 <= 1.05 else 'missed'}).",
+            f"- **Q2** QLoRA eval loss ÷ LoRA eval loss: **{q2:.4f}** "
+            f"(goal ≤ 1.05; {'met' if q2 <= 1.05 else 'missed'}).",
         ]
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,6 @@
-"""Combining adapters: exactness of cat/svd, agreement with PEFT's add_weighted_adapter, determinism, lineage, errors."""
+"""Combining adapters: exactness of cat/svd, agreement with PEFT's add_weighted_adapter, determinism, lineage,
+errors.
+"""
 
 from __future__ import annotations
 

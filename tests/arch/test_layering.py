@@ -57,7 +57,8 @@ for name in {core!r}:
     before = set(sys.modules)
     importlib.import_module(name)
     above = sorted(m for m in set(sys.modules) - before
-                   if m.split(".")[0] == "lorakit" and len(m.split(".")) > 1 and m.split(".")[1] in {HIGHER_THAN_CORE!r})
+                   if m.split(".")[0] == "lorakit" and len(m.split(".")) > 1
+                   and m.split(".")[1] in {HIGHER_THAN_CORE!r})
     if above:
         blamed[name] = above
 print(json.dumps(blamed))
@@ -94,7 +95,8 @@ print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}
 def test_old_import_paths_are_the_same_modules():
     code = """
 import json
-import lorakit.core.errors, lorakit.errors, lorakit.core.layers.linear, lorakit.layers.linear, lorakit.io, lorakit.core.files
+import lorakit.core.errors, lorakit.errors, lorakit.core.layers.linear, lorakit.layers.linear
+import lorakit.io, lorakit.core.files
 print(json.dumps([lorakit.errors is lorakit.core.errors, lorakit.layers.linear is lorakit.core.layers.linear,
                   lorakit.io is lorakit.core.files]))
 """

@@ -19,7 +19,10 @@ def runnable_blocks(text: str) -> list[tuple[str, str]]:
 
 
 def test_the_marker_finds_python_and_bash_blocks():
-    text = "x\n<!-- runnable -->\n```python\nprint(1)\n```\n```bash\nnot marked\n```\n<!-- runnable -->\n```bash\necho 2\n```\n"
+    text = (
+        "x\n<!-- runnable -->\n```python\nprint(1)\n```\n```bash\nnot marked\n```\n"
+        "<!-- runnable -->\n```bash\necho 2\n```\n"
+    )
     assert runnable_blocks(text) == [("python", "print(1)"), ("bash", "echo 2")]
 
 

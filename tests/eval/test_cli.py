@@ -1,4 +1,6 @@
-"""``lorakit eval`` end to end on a tiny base saved to disk: task metrics, the drift gate, bad input, the HTML report."""
+"""``lorakit eval`` end to end on a tiny base saved to disk: task metrics, the drift gate, bad input, the HTML
+report.
+"""
 
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ def test_a_database_at_the_first_revision_upgrades_with_its_data(registry_url, t
         )
         connection.execute(
             text(
-                "INSERT INTO adapters (name, version, path, size_bytes, rank, alpha, targets, status, created_at, base_id, meta) "
+                "INSERT INTO adapters "
+                "(name, version, path, size_bytes, rank, alpha, targets, status, created_at, base_id, meta) "
                 "VALUES ('legacy', '1', '/gone/legacy', 10, 8, 16, 'q_proj', 'production', :t, "
                 "(SELECT id FROM base_models WHERE name = 'old-base'), :meta)"
             ),

@@ -25,7 +25,9 @@ KIND_ORDER = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 def factor_svd(B: torch.Tensor, A: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD ``scale·B·A = U diag(S) Vᵀ`` in float64 via QR of B and Aᵀ; ``U: (out, q)``, ``S: (q,)``, ``V: (in, q)``."""
+    """Thin SVD ``scale·B·A = U diag(S) Vᵀ`` in float64 via QR of B and Aᵀ;
+    ``U: (out, q)``, ``S: (q,)``, ``V: (in, q)``.
+    """
     QB, RB = torch.linalg.qr(B.double())  # (out, q), (q, r)
     QA, RA = torch.linalg.qr(A.double().T)  # (in, q'), (q', r)
     Uc, S, Vch = torch.linalg.svd(scale * (RB @ RA.T), full_matrices=False)  # (q, r) @ (r, q') -> (q, q')
@@ -140,7 +142,9 @@ def _group(name: str, members: list[ModuleSpectrum]) -> Group:
 
 
 def inspect(source: str | Adapter, suggest_energy: float = 0.99) -> Spectrum:
-    """Spectrum of every module of an adapter, grouped by layer and by kind; ``suggested_rank`` keeps ``suggest_energy``."""
+    """Spectrum of every module of an adapter, grouped by layer and by kind;
+    ``suggested_rank`` keeps ``suggest_energy``.
+    """
     adapter = source if isinstance(source, Adapter) else load(source)
     modules = [module_spectrum(n, m, suggest_energy) for n, m in adapter.modules.items()]
     modules.sort(key=lambda m: (m.layer if m.layer is not None else -1, m.module))

@@ -23,7 +23,9 @@ from lorakit.core.files.peft_format import config_to_peft
 
 
 def _targets(parents: list[Adapter], modules: list[str]) -> dict[str, Any]:
-    """Target fields that select exactly ``modules``: the parents' own when they agree or are plain lists, else full names."""
+    """Target fields that select exactly ``modules``: the parents' own when they agree or are plain lists,
+    else full names.
+    """
     configs = [p.files.config for p in parents]
     selections = {(str(c.targets), str(c.layers), str(c.layers_pattern), str(c.exclude)) for c in configs}
     if len(selections) == 1:

@@ -53,7 +53,9 @@ GUARD = {
     "real": {"weight": 1.0, "batch_size": 2, "respond_tokens": 32, "top_k": 64},
     "fast": {"weight": 1.0, "batch_size": 2, "respond_tokens": 8, "top_k": 64},
 }
-"""The drift guard the quickstart trains with (``--no-drift-guard``: none): KL to the base on the shipped guard prompts."""
+"""The drift guard the quickstart trains with (``--no-drift-guard``: none):
+KL to the base on the shipped guard prompts.
+"""
 GENERAL_SHOWN = 2
 
 
@@ -155,7 +157,8 @@ def run_quickstart(
     train_rows = encode_rows(load_rows(paths["train"]), tokenizer, "chat", config.data.max_length)
     eval_rows = encode_rows(load_rows(paths["val"]), tokenizer, "chat", config.data.max_length)
     log(
-        f"training a LoRA (r={config.lora['r']}, drift guard {'on' if guard else 'off'}) for {config.train.max_steps} steps on {len(train_rows)} examples ..."
+        f"training a LoRA (r={config.lora['r']}, drift guard {'on' if guard else 'off'}) "
+        f"for {config.train.max_steps} steps on {len(train_rows)} examples ..."
     )
     mark = time.perf_counter()
     summary = Trainer(model, tokenizer, config, train_rows, eval_rows, progress=progress).fit(

@@ -115,18 +115,21 @@ def show(
         f"  owner        {record.owner or '-'}",
         f"  description  {record.description or '-'}",
         f"  tags         {', '.join(record.tags) or '-'}",
-        f"  adapter      r={record.rank} alpha={record.alpha:g} targets={record.targets} task={record.task_type or '-'}",
+        f"  adapter      r={record.rank} alpha={record.alpha:g} targets={record.targets} "
+        f"task={record.task_type or '-'}",
         f"  base         {_base_text(record.base)}"
         + (
             f" {record.base['architecture'] or '?'}, {record.base['parameters'] or '?'} parameters"
             if record.base
             else ""
         ),
-        f"  registered   {record.created_at} (trained {record.trained_at or '?'}, lorakit {record.lorakit_version or '?'})",
+        f"  registered   {record.created_at} (trained {record.trained_at or '?'}, "
+        f"lorakit {record.lorakit_version or '?'})",
     ]
     lines += [f"  file         {name}  {f['size']} B  sha256 {f['sha256'][:16]}" for name, f in record.files.items()]
     lines += [
-        f"  dataset      {d['name']} ({d['role']}) {d['uri'] or ''} sha256 {(d['sha256'] or '?')[:16]} rows {d['rows'] or '?'} "
+        f"  dataset      {d['name']} ({d['role']}) {d['uri'] or ''} sha256 {(d['sha256'] or '?')[:16]} "
+        f"rows {d['rows'] or '?'} "
         f"license {d['license'] or '?'}"
         for d in record.datasets
     ]
@@ -296,5 +299,6 @@ def audit(
         return
     for entry in entries:
         typer.echo(
-            f"{entry['at']}  {entry['actor']:<12} {entry['action']:<9} {entry['adapter'] or '-':<28} {_details(entry['details'])}"
+            f"{entry['at']}  {entry['actor']:<12} {entry['action']:<9} {entry['adapter'] or '-':<28} "
+            f"{_details(entry['details'])}"
         )

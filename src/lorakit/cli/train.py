@@ -64,7 +64,8 @@ def train(
         metrics = summary["metrics"]
         best = metrics["best_eval_loss"]
         typer.echo(
-            f"done: {metrics['steps']} steps in {summary['wall_seconds']:.0f} s, final loss {metrics['final_loss'] or float('nan'):.4f}"
+            f"done: {metrics['steps']} steps in {summary['wall_seconds']:.0f} s, "
+            f"final loss {metrics['final_loss'] or float('nan'):.4f}"
             + (f", best eval loss {best:.4f} at step {metrics['best_step']}" if best is not None else "")
             + (" (early stopped)" if not summary["completed"] else "")
         )

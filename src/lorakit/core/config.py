@@ -126,7 +126,8 @@ class LoraConfig:
                     )
         elif not self.targets or not all(isinstance(t, str) and t for t in self.targets):
             raise ConfigError(
-                f"targets must be 'all-linear', a regex string or a non-empty list of module names, got {self.targets!r}"
+                "targets must be 'all-linear', a regex string or a non-empty list of module names, "
+                f"got {self.targets!r}"
             )
         else:
             self.targets = list(self.targets)

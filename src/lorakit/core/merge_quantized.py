@@ -32,7 +32,8 @@ class QuantMergeReport:
     def __str__(self) -> str:
         form = "re-quantised" if self.requantized else "kept in float"
         return (
-            f"merged into {self.quantized_layers} quantised layers ({form}): max |Δlogit| {self.max_abs_logit_delta:.4g}, "
+            f"merged into {self.quantized_layers} quantised layers ({form}): "
+            f"max |Δlogit| {self.max_abs_logit_delta:.4g}, "
             f"mean KL {self.mean_kl:.3g} nats/token"
         )
 

@@ -252,7 +252,10 @@ class TrainableSummary:
         return self.trainable / self.total if self.total else 0.0
 
     def __str__(self) -> str:
-        return f"trainable {self.trainable:,} of {self.total:,} parameters ({100 * self.ratio:.4f}%) in {len(self.rows)} tensors"
+        return (
+            f"trainable {self.trainable:,} of {self.total:,} parameters ({100 * self.ratio:.4f}%) "
+            f"in {len(self.rows)} tensors"
+        )
 
     def table(self) -> str:
         width = max((len(r[0]) for r in self.rows), default=10)

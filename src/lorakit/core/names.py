@@ -47,6 +47,7 @@ def unknown_keys(keys: Iterable[str], valid: Iterable[str], prefix: str = "") ->
         return None
     named = ", ".join(f"{prefix}{k}{did_you_mean(k, valid)}" for k in unknown)
     return (
-        f"unknown key{'s' if len(unknown) > 1 else ''} {named}; valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
+        f"unknown key{'s' if len(unknown) > 1 else ''} {named}; "
+        f"valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
         f"{', '.join(valid)}"
     )

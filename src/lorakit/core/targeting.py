@@ -82,7 +82,10 @@ def layer_kind(module: nn.Module) -> str | None:
 def conv_refusal(base: nn.Module, rank: int) -> str | None:
     """Why a LoRA of rank ``rank`` on convolution ``base`` would not match PEFT's outputs, or None when it would."""
     if any(d != 1 for d in base.dilation):
-        return f"dilation {tuple(base.dilation)} (PEFT's conv LoRA ignores dilation: its merged and unmerged outputs differ)"
+        return (
+            f"dilation {tuple(base.dilation)} "
+            "(PEFT's conv LoRA ignores dilation: its merged and unmerged outputs differ)"
+        )
     if base.padding_mode != "zeros":
         return f"padding_mode {base.padding_mode!r} (PEFT's conv LoRA pads with zeros)"
     if rank % base.groups:
@@ -98,7 +101,8 @@ def _check_supported(name: str, kind: str, module: nn.Module, config: LoraConfig
             raise ConfigError(f"target {name!r}: lorakit cannot adapt a convolution with {refusal}; exclude it")
     if kind != "linear" and config.use_dora:
         raise ConfigError(
-            f"target {name!r} is {'an embedding' if kind == 'embedding' else 'a convolution'}: lorakit's DoRA adapts linear layers only; exclude it "
+            f"target {name!r} is {'an embedding' if kind == 'embedding' else 'a convolution'}: "
+            "lorakit's DoRA adapts linear layers only; exclude it "
             "or turn use_dora off"
         )
     if kind == "conv" and config.init not in ("default", "gaussian"):
@@ -306,4 +310,7 @@ def _no_match_message(model: nn.Module, config: LoraConfig) -> str:
     if isinstance(targets, list):
         hints = "; ".join(f"{t!r}: {_suggest(model, t)}" for t in targets)
         return f"targets {targets} match no module{where}; {hints}"
-    return f"targets {targets!r} match no module{where}; {_suggest(model, 'linear' if is_all_linear(targets) else targets)}"
+    return (
+        f"targets {targets!r} match no module{where}; "
+        f"{_suggest(model, 'linear' if is_all_linear(targets) else targets)}"
+    )

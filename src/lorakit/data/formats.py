@@ -39,7 +39,9 @@ def guess_format(data: dict) -> str | None:
 
 
 def detect_format(rowset: RowSet) -> str:
-    """The one format whose keys every row has; a :class:`DataError` naming the odd row otherwise (set ``data.format``)."""
+    """The one format whose keys every row has;
+    a :class:`DataError` naming the odd row otherwise (set ``data.format``).
+    """
     fitting = [name for name, keys in _KEYS.items() if all(all(k in row.data for k in keys) for row in rowset.rows)]
     if len(fitting) == 1:
         return fitting[0]

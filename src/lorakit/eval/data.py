@@ -1,8 +1,9 @@
 """Evaluation data files: rows with a prompt and a reference, read with ``file:line`` errors.
 
 JSONL (one JSON object per line), CSV or Parquet, read by the data layer; its chat, instruction and
-completion formats are all accepted. The prompt is ``prompt`` (text), ``messages`` (a chat: ``[{"role", "content"}, …]``;
-a final assistant message is the reference), ``instruction`` (+ optional ``input``) or ``question``.
+completion formats are all accepted. The prompt is ``prompt`` (text), ``messages`` (a chat:
+``[{"role", "content"}, …]``; a final assistant message is the reference), ``instruction`` (+ optional ``input``)
+or ``question``.
 The reference is ``reference`` (text or a JSON object), ``completion``, ``output`` or ``response``.
 A multiple-choice row has ``choices`` (a list of texts) and ``answer`` (an index or one of the choices).
 """

@@ -15,7 +15,8 @@ from lorakit.eval.scoring import right_pad
 
 @torch.inference_mode()
 def drift_kl(model: nn.Module, tokenizer, prompts: Sequence[Prompt] | None = None, *, batch_size: int = 8) -> float:
-    """Mean over every token position of every prompt of ``KL(p_base ‖ p_adapted) = Σ_v p_base(v)·(log p_base(v) − log p_adapted(v))``.
+    """Mean over every token position of every prompt of
+    ``KL(p_base ‖ p_adapted) = Σ_v p_base(v)·(log p_base(v) − log p_adapted(v))``.
 
     Prompts (default: :func:`lorakit.eval.general_sets.general_prompts`) are rendered with the chat template.
     The base distribution is computed inside ``lk.disabled(model)``; the adapted one with the model's active

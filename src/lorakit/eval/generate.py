@@ -38,7 +38,9 @@ def render(tokenizer, prompt: Prompt, *, chat: bool = True) -> str:
 
 
 def prompt_ids(tokenizer, prompt: Prompt, *, chat: bool = True) -> list[int]:
-    """Token ids of the rendered prompt. A chat template carries its own special tokens; plain text gets the tokenizer's."""
+    """Token ids of the rendered prompt.
+    A chat template carries its own special tokens; plain text gets the tokenizer's.
+    """
     return tokenizer(render(tokenizer, prompt, chat=chat), add_special_tokens=not _templated(tokenizer, prompt, chat))[
         "input_ids"
     ]

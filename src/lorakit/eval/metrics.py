@@ -1,4 +1,6 @@
-"""Task metrics on generated text. Each ``*_scores`` function returns one score per row in [0, 1]; the mean is the metric.
+"""Task metrics on generated text.
+
+Each ``*_scores`` function returns one score per row in [0, 1]; the mean is the metric.
 
 Normalisation (``normalize``), as in SQuAD: lower-case, punctuation removed, the articles ``a an the``
 dropped, whitespace collapsed. Tokens are the whitespace-separated words of the normalised text.
@@ -156,7 +158,9 @@ def json_row_scores(prediction: str, reference: dict, fields: Sequence[str]) -> 
 
 
 def schema_scores(predictions: Sequence[str], schema: dict) -> list[float]:
-    """1 when the output parses as JSON and validates against the JSON Schema ``schema`` (its own draft, else 2020-12)."""
+    """1 when the output parses as JSON and validates against the JSON Schema ``schema``
+    (its own draft, else 2020-12).
+    """
     import jsonschema
 
     validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)

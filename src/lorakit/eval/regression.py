@@ -34,7 +34,9 @@ class RegressionSet:
 
 
 def load_regression_set(source: str | Path = "default") -> RegressionSet:
-    """``"default"``: the shipped sets; otherwise a YAML naming replacement files for ``prompts``, ``text``, ``choices``."""
+    """``"default"``: the shipped sets;
+    otherwise a YAML naming replacement files for ``prompts``, ``text``, ``choices``.
+    """
     if str(source) == "default":
         return RegressionSet(general_prompts(), general_texts(), general_choices())
     path = Path(source)

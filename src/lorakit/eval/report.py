@@ -80,7 +80,9 @@ class EvalReport:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False)
 
     def write(self, directory: str | Path) -> dict[str, str]:
-        """Write ``report.json`` and the self-contained ``report.html`` into ``directory`` (atomically); returns their paths."""
+        """Write ``report.json`` and the self-contained ``report.html`` into ``directory`` (atomically);
+        returns their paths.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.files = {"json": str(directory / "report.json"), "html": str(directory / "report.html")}

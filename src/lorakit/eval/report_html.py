@@ -18,34 +18,45 @@ if TYPE_CHECKING:
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>lorakit evaluation — {{ r.base.name }}</title>
 <style>
-body{font:14px/1.45 "DejaVu Sans",Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;color:#1d2330;padding:0 16px}
-h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde2ea;padding-bottom:4px}
+body{font:14px/1.45 "DejaVu Sans",Helvetica,Arial,sans-serif;\
+margin:24px auto;max-width:1180px;color:#1d2330;padding:0 16px}
+h1{font-size:22px;margin:0 0 4px}\
+ h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde2ea;padding-bottom:4px}
 .meta{color:#5b6577;font-size:13px} table{border-collapse:collapse;margin:6px 0}
 th,td{border:1px solid #dde2ea;padding:5px 10px;text-align:right;vertical-align:top}
 th:first-child,td:first-child{text-align:left} thead th{background:#f3f5f9} td.best{font-weight:700;background:#eef6ee}
 .gate{padding:8px 12px;border-radius:6px;margin:10px 0;font-weight:600}
 .pass{background:#e6f4ea;color:#1e6b34} .fail{background:#fde8e8;color:#9b1c1c}
-svg .glabel{font-size:12px;fill:#1d2330} svg .val{font-size:11px;fill:#3c4558} svg .axis{stroke:#8a93a5;stroke-width:1}
-table.samples th,table.samples td{text-align:left;white-space:pre-wrap;overflow-wrap:anywhere;font-family:"DejaVu Sans Mono",monospace;font-size:12px;max-width:320px}
+svg .glabel{font-size:12px;fill:#1d2330} svg .val{font-size:11px;fill:#3c4558}\
+ svg .axis{stroke:#8a93a5;stroke-width:1}
+table.samples th,table.samples td{text-align:left;white-space:pre-wrap;overflow-wrap:anywhere;\
+font-family:"DejaVu Sans Mono",monospace;font-size:12px;max-width:320px}
 mark.diff{background:#ffe08a;padding:0 1px} .ok{color:#1e6b34;font-weight:700;font-family:sans-serif}
-.key span{display:inline-block;margin-right:14px} .key i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
+.key span{display:inline-block;margin-right:14px}\
+ .key i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
 </style></head><body>
 <h1>lorakit evaluation</h1>
 <div class="meta">base <b>{{ r.base.name }}</b> (fingerprint {{ r.base.fingerprint[:12] }}) · data {{ r.data }}
- · {{ r.task.generation_rows }} generation rows, {{ r.task.choice_rows }} multiple-choice rows · {{ "%.1f"|format(r.seconds) }} s
+ · {{ r.task.generation_rows }} generation rows, {{ r.task.choice_rows }} multiple-choice rows\
+ · {{ "%.1f"|format(r.seconds) }} s
  · lorakit {{ r.lorakit_version }}</div>
 <p class="key">{% for c in r.columns %}<span><i style="background:{{ palette[c] }}"></i>{{ c }}{% if c in r.adapters %}
  <small>({{ r.adapters[c] }})</small>{% endif %}</span>{% endfor %}</p>
-{% if r.thresholds %}<div class="gate {{ 'pass' if r.passed else 'fail' }}">drift gate {{ 'passed' if r.passed else 'FAILED' }}
- (thresholds {% for k, v in r.thresholds.items() if v is not none %}{{ k }} ≤ {{ v }}{{ ", " if not loop.last }}{% endfor %})
+{% if r.thresholds %}\
+<div class="gate {{ 'pass' if r.passed else 'fail' }}">drift gate {{ 'passed' if r.passed else 'FAILED' }}
+ (thresholds {% for k, v in r.thresholds.items() if v is not none %}\
+{{ k }} ≤ {{ v }}{{ ", " if not loop.last }}{% endfor %})
  {% for f in r.failures %}<br>{{ f }}{% endfor %}</div>{% endif %}
 <h2>Task metrics</h2>{{ table(r.metrics) }}
 {% if task_chart %}{{ task_chart }}{% endif %}
-{% if r.regression %}<h2>Regression against the base</h2>{{ table(r.regression) }}{% for chart in regression_charts %}{{ chart }}{% endfor %}{% endif %}
+{% if r.regression %}<h2>Regression against the base</h2>{{ table(r.regression) }}\
+{% for chart in regression_charts %}{{ chart }}{% endfor %}{% endif %}
 {% if rows %}<h2>Samples: base and adapters side by side</h2>
-<p class="meta">Words of an adapter's output that differ from the base's output are <mark class="diff">highlighted</mark>;
+<p class="meta">Words of an adapter's output that differ from the base's output\
+ are <mark class="diff">highlighted</mark>;
  ✓ marks an output equal to the reference after normalisation.</p>
-<table class="samples"><thead><tr><th>input</th><th>reference</th>{% for c in r.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
+<table class="samples"><thead><tr><th>input</th><th>reference</th>\
+{% for c in r.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
 <tbody>{% for s in rows %}<tr><td>{{ s.prompt }}<br><small>{{ s.where }}</small></td><td>{{ s.reference }}</td>
 {% for c in r.columns %}<td>{{ s.cells[c] }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>{% endif %}
 </body></html>

@@ -60,7 +60,9 @@ def _load_model(base: str | tuple[nn.Module, Any], dtype: torch.dtype) -> tuple[
 
 
 def _attach_adapters(model: nn.Module, adapters: Mapping[str, str | Path] | Sequence[str]) -> dict[str, str]:
-    """Load ``{name: source}`` beside the base, or check that the named adapters are on the model; returns name → source."""
+    """Load ``{name: source}`` beside the base, or check that the named adapters are on the model;
+    returns name → source.
+    """
     if isinstance(adapters, Mapping):
         for name, source in adapters.items():
             load_adapter(model, source, name=name)

@@ -101,7 +101,9 @@ def reference_likelihood(
 def text_likelihood(
     model: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int = 8, max_tokens: int = 256
 ) -> Likelihood:
-    """Token-weighted NLL of plain texts (no chat template), each truncated to ``max_tokens``, every token after the first."""
+    """Token-weighted NLL of plain texts (no chat template), each truncated to ``max_tokens``,
+    every token after the first.
+    """
     sequences = [tokenizer(t)["input_ids"][:max_tokens] for t in texts]
     logps = token_logprobs(model, sequences, [1] * len(sequences), pad=pad_id(tokenizer), batch_size=batch_size)
     return Likelihood(nll=-sum(float(lp.sum()) for lp in logps), tokens=sum(lp.numel() for lp in logps))

@@ -267,7 +267,9 @@ class Registry:
     def list(
         self, *, base: str | None = None, status: str | None = None, owner: str | None = None, tag: str | None = None
     ) -> list[AdapterRecord]:
-        """Adapters matching every filter given; ``base`` is a base name or a fingerprint (or its first 8+ characters)."""
+        """Adapters matching every filter given;
+        ``base`` is a base name or a fingerprint (or its first 8+ characters).
+        """
         query = select(Adapter).order_by(Adapter.name, Adapter.id)
         if status is not None:
             query = query.where(Adapter.status == check_status(status))

@@ -84,13 +84,16 @@ code { background: #f4f4f4; padding: 1px 4px; }
 </style></head><body>
 <h1>sweep {{ name }}</h1>
 <p>{{ summary }}</p>
-<p>Objectives: {% for m, d in objectives.items() %}<code>{{ m }}</code> ({{ d }}){% if not loop.last %}, {% endif %}{% endfor %}.
+<p>Objectives: {% for m, d in objectives.items() %}<code>{{ m }}</code> ({{ d }})\
+{% if not loop.last %}, {% endif %}{% endfor %}.
 Sampler <code>{{ sampler }}</code>; eval rows <code>{{ eval_data }}</code>.
 {% if best %}Highlighted: {{ best_label }}.{% endif %}</p>
 {% if png %}<img alt="task score vs drift, point area = adapter size" src="data:image/png;base64,{{ png }}">{% endif %}
 <h2>Trials</h2>
 <table><tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr>
-{% for row in rows %}<tr{% if row.trial in best %} class="best"{% endif %}>{% for c in columns %}<td{% if row[c] is number %} class="n"{% endif %}>{{ show(row[c]) }}</td>{% endfor %}</tr>
+{% for row in rows %}<tr{% if row.trial in best %} class="best"{% endif %}>\
+{% for c in columns %}<td{% if row[c] is number %} class="n"{% endif %}>\
+{{ show(row[c]) }}</td>{% endfor %}</tr>
 {% endfor %}</table>
 <h2>Search space</h2>
 <pre>{{ space }}</pre>

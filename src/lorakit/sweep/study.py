@@ -219,8 +219,9 @@ def work(
     """The worker loop: claim, run with a heartbeat, tell; until the budget is spent and no trial is left running.
 
     ``run`` returns the objective values. :class:`optuna.TrialPruned` marks the trial pruned; a
-    :class:`LorakitError` or ``RuntimeError`` (diverged training, out of memory) marks it failed with the message in ``user_attrs["error"]``;
-    Ctrl-C/SIGTERM fails it, queues it again and re-raises. ``budget.minutes`` stops new claims after that long.
+    :class:`LorakitError` or ``RuntimeError`` (diverged training, out of memory) marks it failed with the message in
+    ``user_attrs["error"]``; Ctrl-C/SIGTERM fails it, queues it again and re-raises. ``budget.minutes`` stops new
+    claims after that long.
     """
     deadline = time.monotonic() + spec.minutes * 60 if spec.minutes is not None else None
     while deadline is None or time.monotonic() < deadline:

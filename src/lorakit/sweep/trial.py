@@ -99,7 +99,9 @@ def run_trial(spec: SweepSpec, trial: optuna.Trial, *, progress: bool = False) -
 
 @torch.no_grad()
 def evaluate_trained(model: nn.Module, tokenizer, spec: SweepSpec, mode: str) -> dict[str, float]:
-    """Task scores of the model's active adapter on ``spec.eval_rows`` plus ``drift_kl``; ``mode``: autocast precision."""
+    """Task scores of the model's active adapter on ``spec.eval_rows`` plus ``drift_kl``;
+    ``mode``: autocast precision.
+    """
     plan = plan_task(spec.eval_rows, spec.task)
     task = spec.task
     with precision.autocast(mode, next(model.parameters()).device.type):

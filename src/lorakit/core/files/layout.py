@@ -70,7 +70,8 @@ def full_layers(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) 
             continue
         if tuple(tensor.shape) != tuple(module.weight.shape):
             raise AdapterMismatchError(
-                f"{path}: the adapter carries the full matrix of {module_name} with shape {tuple(tensor.shape)}, the model's "
+                f"{path}: the adapter carries the full matrix of {module_name} "
+                f"with shape {tuple(tensor.shape)}, the model's "
                 f"is {tuple(module.weight.shape)}: the vocabulary was resized for this adapter — call "
                 f"model.resize_token_embeddings({tensor.shape[0]}) before loading it"
             )

@@ -72,7 +72,9 @@ SCHEMA: dict[str, Any] = {
 
 
 def check_meta(meta: Any, path: str | Path) -> dict[str, Any]:
-    """``meta`` if it fits :data:`SCHEMA`; else :class:`AdapterFileError` naming every bad key (``base.fingerprint``)."""
+    """``meta`` if it fits :data:`SCHEMA`;
+    else :class:`AdapterFileError` naming every bad key (``base.fingerprint``).
+    """
     from jsonschema import Draft202012Validator
 
     errors = sorted(Draft202012Validator(SCHEMA).iter_errors(meta), key=lambda e: list(map(str, e.absolute_path)))

@@ -53,7 +53,8 @@ class LoraConv(LoraLayer):
             raise ConfigError(f"layer {self.path}: lorakit cannot adapt a convolution with {refusal}; exclude it")
         if init not in ("default", "gaussian"):
             raise ConfigError(
-                f"layer {self.path}: init {init!r} is for linear layers; exclude convolutions or use init default/gaussian"
+                f"layer {self.path}: init {init!r} is for linear layers; "
+                "exclude convolutions or use init default/gaussian"
             )
         weight = self.base_layer.weight
         factory = {"device": weight.device, "dtype": self._adapter_dtype(weight)}
@@ -86,7 +87,9 @@ class LoraConv(LoraLayer):
         return self.scaling[name] * torch.einsum("or,ri...->oi...", B, A)  # (out, in, *kernel)
 
     def factor_forward(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """``B * (A * x)``, unscaled: ``(batch, in, *spatial)`` → ``(batch, r, *spatial_out)`` → ``(batch, out, *spatial_out)``."""
+        """``B * (A * x)``, unscaled:
+        ``(batch, in, *spatial)`` → ``(batch, r, *spatial_out)`` → ``(batch, out, *spatial_out)``.
+        """
         base = self.base_layer
         conv = _CONV_FN[self.dims]
         A, B = self.lora_A[name], self.lora_B[name]
@@ -115,4 +118,7 @@ class LoraConv(LoraLayer):
 
     def extra_repr(self) -> str:
         ranks = ", ".join(f"{n}: r={self.rank(n)}" for n in self.adapter_names)
-        return f"conv{self.dims}d in={self.in_features}, out={self.out_features}, adapters=[{ranks}], active={list(self.active)}"
+        return (
+            f"conv{self.dims}d in={self.in_features}, out={self.out_features}, "
+            f"adapters=[{ranks}], active={list(self.active)}"
+        )

@@ -8,9 +8,10 @@ With ``s`` the adapter's scale and ``W₀: (out, in)``:
 - OLoRA: ``W₀ = Q·R``; ``B = Q[:, :r]``, ``A = R[:r]``.
 
 Both then set ``W_res = W₀ − s·B₀·A₀`` so the model is unchanged at step 0. For QLoRA, initialise on the
-float base and quantise afterwards: the residual, stripped of the largest directions, rounds with less error. After training, ``W_res + s·B·A = W₀ + s·(B·A − B₀·A₀) = W₀ + s·[B, −B₀]·[A; A₀]``:
-a plain LoRA of rank 2r with the same scale against the untouched W₀ (:func:`plain_factors`), which is how it
-is saved, as PEFT converts it, so it loads on any copy of the original base.
+float base and quantise afterwards: the residual, stripped of the largest directions, rounds with less error.
+After training, ``W_res + s·B·A = W₀ + s·(B·A − B₀·A₀) = W₀ + s·[B, −B₀]·[A; A₀]``: a plain LoRA of rank 2r with the
+same scale against the untouched W₀ (:func:`plain_factors`), which is how it is saved, as PEFT converts it, so it loads
+on any copy of the original base.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ _NITER = re.compile(r"^pissa_niter_(\d+)$")
 
 
 def principal_factors(weight: torch.Tensor, r: int, scale: float, init: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A: (r, in), B: (out, r))`` in fp32 for ``init`` (``pissa``, ``pissa_niter_K``, ``olora``) of ``weight: (out, in)``."""
+    """``(A: (r, in), B: (out, r))`` in fp32 for ``init`` (``pissa``, ``pissa_niter_K``, ``olora``)
+    of ``weight: (out, in)``.
+    """
     out_features, in_features = weight.shape
     if r > min(out_features, in_features):
         raise ConfigError(

@@ -1,6 +1,7 @@
 """Variant adapters in plain-LoRA form: what ``save_adapter`` writes, so PEFT, vLLM and lorakit all load it.
 
-- PiSSA/OLoRA: rank 2r against the original W₀ (``[A; A₀]``, ``[B, −B₀]``, see ``lorakit.core.layers.variants.principal``).
+- PiSSA/OLoRA: rank 2r against the original W₀ (``[A; A₀]``, ``[B, −B₀]``, see
+  ``lorakit.core.layers.variants.principal``).
 - AdaLoRA: the triplets the rank budget kept, ``Λ`` folded into A: ``A' = diag(Λ_k)·A_k``, ``B' = B_k``; a module
   whose triplets were all pruned keeps rank 1 with ``B' = 0`` (no change to its output).
 - DoRA: saved as is (PEFT reads ``lora_magnitude_vector``); plain LoRA: as is.
