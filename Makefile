@@ -2,7 +2,7 @@ PY := .venv/bin/python
 PIP := .venv/bin/pip
 STAMP := .venv/.lorakit-setup
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test lint demo bench clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: setup
+	.venv/bin/ruff check src tests bench
 	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -rs
+
+lint: setup
+	.venv/bin/ruff format src tests bench
+	.venv/bin/ruff check --fix src tests bench
 
 demo: setup
 	OMP_WAIT_POLICY=PASSIVE .venv/bin/lorakit quickstart --out runs/quickstart
