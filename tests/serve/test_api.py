@@ -10,21 +10,12 @@ import time
 import httpx
 import openai
 import pytest
-import torch
 
 import lorakit as lk
 from lorakit.serve.api import create_app
 from tests.serve.support import Server, engine_with, save_adapters
 
 TOKEN = "s3cret-token"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

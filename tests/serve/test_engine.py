@@ -17,15 +17,6 @@ from tests.serve.support import engine_with, reference_greedy, save_adapters, ti
 ATOL = 1e-4  # fp32: batched (padded, bmm) versus alone (merged weights)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and a shared machine's OpenMP barriers cost milliseconds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     return save_adapters(tmp_path_factory.mktemp("adapters"), {"a": 4, "b": 4, "c": 8, "d": 2})

@@ -8,21 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
-import pytest
-import torch
 
 from lorakit.serve.api import create_app
 from tests.serve.support import Server, engine_with, save_adapters
 
 REQUESTS, ADAPTERS, CLIENTS, MAX_RESIDENT = 200, 20, 16, 8
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_two_hundred_requests_over_twenty_adapters_complete_within_the_cache_bound(tmp_path):

@@ -19,14 +19,6 @@ ATOL = 1e-4  # fp32 log-probabilities: batched server versus a merged model alon
 PROMPT = "Once upon a time"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("params")
