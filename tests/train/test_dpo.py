@@ -10,8 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lorakit.cli.quickstart import tiny_base
-from lorakit.core import bases
 from lorakit.core.config import LoraConfig
 from lorakit.core.model import inject
 from lorakit.data.load import load_rows
@@ -25,19 +23,6 @@ PAIRS = [
     {"prompt": f"Q{i}: colour of item {i}?", "chosen": f" item {i} is {c}", "rejected": f" no idea about {i}"}
     for i, c in enumerate(COLOURS * 2)
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def base():
-    return str(tiny_base(bases.lorakit_home() / "models" / "tiny-demo"))
 
 
 def _config(base, out, **extra):

@@ -8,8 +8,6 @@ import json
 import pytest
 import torch
 
-from lorakit.cli.quickstart import tiny_base
-from lorakit.core import bases
 from lorakit.core.errors import DataError
 from lorakit.data import collate
 from lorakit.eval.drift import drift_kl
@@ -23,19 +21,6 @@ ROWS = [
     {"prompt": f"Q{i}: colour of item {i}?", "completion": f" item {i} is {c}"}
     for i, c in enumerate(["red", "blue", "green", "black"] * 2)
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def base():
-    return str(tiny_base(bases.lorakit_home() / "models" / "tiny-demo"))
 
 
 def _config(base, out, guard=None, **train):

@@ -9,8 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lorakit.cli.quickstart import tiny_base
-from lorakit.core import bases
 from lorakit.core.errors import TrainingError
 from lorakit.train import Callback, Trainer, train
 from lorakit.train.checkpoint import list_checkpoints
@@ -19,20 +17,6 @@ ROWS = [
     {"prompt": f"Q{i}: colour of item {i}?", "completion": f" item {i} is {c}"}
     for i, c in enumerate(["red", "blue", "green", "black"] * 2)
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP's spinning threads lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def base():
-    return str(tiny_base(bases.lorakit_home() / "models" / "tiny-demo"))
 
 
 def _config(base, out, **train):
