@@ -232,27 +232,16 @@ def serve_in_thread(app):
 
 
 def tiny_model():
-    """A 2-layer random Llama (hidden 64) speaking the default model's tokenizer, for ``--smoke``."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """The quickstart's 2-layer random Llama (hidden 64, the default model's tokenizer), for ``--smoke``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import lorakit as lk
+    from lorakit.cli.quickstart import tiny_base
 
-    tokenizer = AutoTokenizer.from_pretrained(lk.bases.resolve(lk.bases.DEFAULT_BASE))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = LlamaForCausalLM(config).eval()
+    directory = tiny_base(lk.bases.lorakit_home() / "models" / "tiny-demo")
+    model = AutoModelForCausalLM.from_pretrained(directory).eval()
     model.config.name_or_path = "tiny-smoke"
-    return model, tokenizer
+    return model, AutoTokenizer.from_pretrained(directory)
 
 
 def bench_server(engine, pairs: int, requests: int, clients: int = 64) -> dict:

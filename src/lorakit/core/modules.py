@@ -5,6 +5,8 @@ A leaf module: it imports no other part of lorakit, so layers, quantisation and 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from torch import nn
 
 # path segments that only exist inside a wrapper (PEFT's names, which lorakit keeps)
@@ -14,7 +16,7 @@ WRAPPER_PARTS = (".base_layer", ".original_module", ".modules_to_save.")
 _OWN = frozenset({"base_layer", "original_module", "modules_to_save", "wrapped", "surface"})
 
 
-class Wrapper(nn.Module):
+class Wrapper(nn.Module, ABC):
     """A module standing in for another one in the model tree (a LoRA layer, a saved module).
 
     Subclasses set :attr:`wrapped` to the module they stand for; :func:`unwrap` returns it.
@@ -25,8 +27,9 @@ class Wrapper(nn.Module):
     trains_whole_module = False
 
     @property
+    @abstractmethod
     def wrapped(self) -> nn.Module:
-        raise NotImplementedError
+        """The module this wrapper stands for."""
 
     @property
     def surface(self) -> nn.Module:
