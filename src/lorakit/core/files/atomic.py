@@ -66,6 +66,8 @@ def write_text(path: str | Path, text: str) -> None:
 def directory(path: str | Path) -> Iterator[Path]:
     """Yield an empty staging directory; on success it replaces ``path`` (files fsynced, then renamed).
 
+    Everything written inside gets the modes the umask gives (files ``0o666 & ~umask``), whoever wrote it.
+
     On any error the staging directory is removed and ``path`` is untouched.
     """
     path = Path(path)
@@ -74,7 +76,11 @@ def directory(path: str | Path) -> Iterator[Path]:
     try:
         os.chmod(staging, 0o777 & ~current_umask())
         yield staging
-        for child in staging.iterdir():
+        file_mode, dir_mode = 0o666 & ~current_umask(), 0o777 & ~current_umask()
+        for child in staging.rglob("*"):  # third-party writers (safetensors) may create files 0600
+            if child.is_symlink():
+                continue
+            os.chmod(child, dir_mode if child.is_dir() else file_mode)
             if child.is_file():
                 with open(child, "rb") as handle:
                     os.fsync(handle.fileno())
