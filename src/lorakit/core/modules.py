@@ -5,6 +5,8 @@ A leaf module: it imports no other part of lorakit, so layers, quantisation and 
 
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import ABC, abstractmethod
 
 from torch import nn
@@ -67,3 +69,10 @@ def output_head(model: nn.Module) -> nn.Module | None:
     getter = getattr(model, "get_output_embeddings", None)
     head = getter() if callable(getter) else None
     return unwrap(head) if head is not None else None
+
+
+@functools.cache
+def cache_argument(model_class: type) -> str:
+    """The keyword ``model_class.forward`` (and ``generate``) takes the KV cache by: ``cache`` in current
+    transformers (which warns on the old name), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"

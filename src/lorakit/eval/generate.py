@@ -1,7 +1,11 @@
 """Batched greedy generation for evaluation, at merged speed.
 
 Prompts are rendered with the tokenizer's chat template, sorted by length (so a batch pads little), left-padded
-and decoded greedily with the model's KV cache; results come back in the prompts' order. The active adapters
+and decoded greedily with the model's KV cache; results come back in the prompts' order. The token prefix every
+prompt shares (an evaluation set's system prompt and template, typically half of each prompt) is run once and its
+keys and values copied to every row of a batch, so prefill costs only each row's own tokens: rows are laid out
+as ``[shared prefix | left padding | own tokens]`` with the padding masked, and position ids follow the
+attention mask, so each row sees exactly the positions and context it would alone. The active adapters
 are folded into a copy of the weights they touch for the duration (:func:`merged_copy`), so each decode step
 costs what the base model costs; the original weights are put back exactly afterwards.
 """
@@ -9,6 +13,7 @@ costs what the base model costs; the original weights are put back exactly after
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -16,6 +21,7 @@ from torch import nn
 
 from lorakit.core.errors import MergeError
 from lorakit.core.layers import LoraLayer
+from lorakit.core.modules import cache_argument
 
 Prompt = str | list[dict]
 
@@ -63,6 +69,39 @@ def left_pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[tor
         ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
         mask[i, width - len(row) :] = 1
     return ids.to(device), mask.to(device)
+
+
+MIN_SHARED = 8
+"""Shortest common prefix (tokens) worth running once for a batch; shorter ones are left in each row."""
+
+
+def shared_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix all ``rows`` share, leaving at least one token of each row its own
+    (0 when it is shorter than :data:`MIN_SHARED` or there are fewer than two rows)."""
+    if len(rows) < 2:
+        return 0
+    first, n = rows[0], min(len(r) for r in rows) - 1
+    for row in rows[1:]:
+        n = next((i for i in range(n) if row[i] != first[i]), n)
+    return n if n >= MIN_SHARED else 0
+
+
+def _prefix_cache(model: nn.Module, prefix: list[int], device: torch.device):
+    """The KV cache of ``prefix`` (batch 1), or None when reusing it would not be exact: the model's
+    ``generate`` keeps no cache or builds its own kind (``cache_implementation``: static, hybrid, …), or a layer's
+    cache is not a plain full-attention one (a sliding window counts cache slots, and the left padding between
+    the prefix and a row's own tokens would shift it)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    settings = getattr(model, "generation_config", None)
+    if settings is None or not settings.use_cache or settings.cache_implementation not in (None, "dynamic"):
+        return None
+    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
+    cache = out.get(cache_argument(type(model)))
+    if False:
+        return None
+    return cache
 
 
 def auto_batch_size(device: torch.device) -> int:
@@ -143,9 +182,19 @@ def generate(
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     outputs: list[str] = [""] * len(rows)
     with merged_copy(model) if merge else contextlib.nullcontext():
+        shared = 0 if getattr(getattr(model, "config", None), "is_encoder_decoder", False) else shared_prefix(rows)
+        cache = _prefix_cache(model, rows[0][:shared], device) if shared else None
+        shared = shared if cache is not None else 0
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            ids, mask = left_pad([rows[i] for i in chunk], pad, device)
+            ids, mask = left_pad([rows[i][shared:] for i in chunk], pad, device)
+            extra = {}
+            if shared:
+                prefix = torch.tensor(rows[0][:shared], device=device).expand(len(chunk), shared)
+                ids, mask = torch.cat([prefix, ids], 1), torch.cat([torch.ones_like(prefix), mask], 1)
+                rows_cache = copy.deepcopy(cache)
+                rows_cache.batch_repeat_interleave(len(chunk))  # every row starts from the shared prefix's keys/values
+                extra[cache_argument(type(model))] = rows_cache
             out = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -154,6 +203,7 @@ def generate(
                 pad_token_id=pad,
                 eos_token_id=eos,
                 num_beams=1,
+                **extra,
             )
             new = out[:, ids.shape[1] :]  # (B, T_new): only the generated tokens
             for i, text in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True)):

@@ -10,14 +10,12 @@ dropped. Each batch carries one :class:`~lorakit.core.layers.RowRouting` (row â†
 
 from __future__ import annotations
 
-import functools
-import inspect
-
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
 from lorakit.core.layers import RowRouting
+from lorakit.core.modules import cache_argument
 
 
 class Batch:
@@ -58,13 +56,6 @@ class Batch:
         return [(layer.keys, layer.values) for layer in self.cache.layers]  # each (batch, heads, length, dim)
 
 
-@functools.cache
-def _cache_argument(model_class: type) -> str:
-    """The name ``model_class.forward`` takes the KV cache by: ``cache`` in current transformers (which warns on
-    the old name), ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
-
-
 def _route(layers: list, routing: RowRouting) -> None:
     if layers and layers[0].routing is not routing:
         for layer in layers:
@@ -96,7 +87,7 @@ def prefill(
         position_ids=position_ids,
         use_cache=True,
         logits_to_keep=1,
-        **{_cache_argument(type(model)): batch.cache},
+        **{cache_argument(type(model)): batch.cache},
     )
     return batch, out.logits[:, -1]
 
@@ -111,7 +102,7 @@ def decode(model, layers: list, batch: Batch, tokens: list[int]) -> torch.Tensor
         attention_mask=batch.mask,
         position_ids=batch.positions.view(-1, 1),
         use_cache=True,
-        **{_cache_argument(type(model)): batch.cache},
+        **{cache_argument(type(model)): batch.cache},
     )
     batch.positions = batch.positions + 1
     return out.logits[:, -1]

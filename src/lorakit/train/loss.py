@@ -7,8 +7,9 @@ through in chunks, and each chunk's gradient ``∂loss/∂h = (softmax(W h) − 
 spot and kept (it is (N, H), tiny) instead of the (N, V) logits and log-probabilities — on a 49k vocabulary
 that is most of a step's memory beyond the activations. The trainer divides by the labelled tokens of the whole
 (global, accumulated) batch, so gradient accumulation and data parallelism give the token mean exactly.
-Models whose head is not a plain frozen linear map of the last hidden state (soft-capping, logit scaling, an
-adapted or trained head) use the model's logits and ``F.cross_entropy``.
+Rows that all begin with the same unlabelled tokens (a system prompt) run that prefix once
+(:mod:`lorakit.train.shared_prefix`). Models whose head is not a plain frozen linear map of the last hidden
+state (soft-capping, logit scaling, an adapted or trained head) use the model's logits and ``F.cross_entropy``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.data.encode import IGNORE
+from lorakit.train.shared_prefix import can_share, forward_shared, shared_length
 
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 CHUNK = 256
@@ -90,35 +92,39 @@ class TokenLoss(nn.Module):
             and not any(getattr(config, k, None) for k in _LOGIT_TRANSFORMS)
         )
         self.fused = plain and getattr(model, "base_model", model) is not model
+        self.share_prefix = True
+        """Run a prefix every row shares once (:mod:`lorakit.train.shared_prefix`); turned off for good the
+        first time the model's cache turns out not to allow it."""
+
+    def _states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
+        """``(states, targets)``: ``states[:, :-1]`` (B, T′ − 1, ·) are the last hidden states (fused) or the logits
+        predicting ``targets`` (B, T′ − 1); T′ = T, or T − n when the rows' shared prefix of n tokens ran once."""
+        body = self.model.base_model if self.fused else self.model
+        n = shared_length(input_ids, attention_mask, labels) if self.share_prefix and can_share(body) else 0
+        out = forward_shared(body, input_ids, attention_mask, n) if n else None
+        if n and out is None:
+            self.share_prefix = False
+        if out is None:
+            n = 0
+            out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return (out.last_hidden_state if self.fused else out.logits), labels[:, n + 1 :]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        targets = labels[:, 1:]  # (B, T-1): the token each position predicts
+        states, targets = self._states(input_ids, attention_mask, labels)
         mask = targets != IGNORE
+        selected = states[:, :-1][mask]  # (N, ·): positions with a label
         if not self.fused:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[
-                :, :-1
-            ]  # (B, T-1, V)
-            return F.cross_entropy(logits[mask].float(), targets[mask], reduction="sum")
-        hidden = self.model.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        ).last_hidden_state
-        selected = hidden[:, :-1][mask]  # (N, H): positions with a label
+            return F.cross_entropy(selected.float(), targets[mask], reduction="sum")
         return linear_cross_entropy(selected, self.model.get_output_embeddings().weight, targets[mask])
 
     def per_sequence(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy of each row's labelled tokens, shape (B,): minus its response log-probability."""
-        targets = labels[:, 1:]  # (B, T-1)
+        states, targets = self._states(input_ids, attention_mask, labels)
         mask = targets != IGNORE
         if not self.fused:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[
-                :, :-1
-            ]  # (B, T-1, V)
-            losses = F.cross_entropy(logits[mask].float(), targets[mask], reduction="none")  # (N,)
+            losses = F.cross_entropy(states[:, :-1][mask].float(), targets[mask], reduction="none")  # (N,)
             rows = torch.arange(len(targets), device=targets.device)[:, None].expand_as(targets)[mask]  # (N,)
             return torch.zeros(len(targets), dtype=losses.dtype, device=losses.device).index_add(0, rows, losses)
-        hidden = self.model.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        ).last_hidden_state
         weight = self.model.get_output_embeddings().weight
-        sums = [linear_cross_entropy(hidden[i, :-1][mask[i]], weight, targets[i][mask[i]]) for i in range(len(targets))]
+        sums = [linear_cross_entropy(states[i, :-1][mask[i]], weight, targets[i][mask[i]]) for i in range(len(targets))]
         return torch.stack(sums)  # (B,)
