@@ -99,7 +99,7 @@ def _prefix_cache(model: nn.Module, prefix: list[int], device: torch.device):
         return None
     out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
     cache = out.get(cache_argument(type(model)))
-    if False:
+    if type(cache) is not DynamicCache or not all(type(layer) is DynamicLayer for layer in cache.layers):
         return None
     return cache
 
