@@ -62,6 +62,13 @@ def merge(
     already = sorted({n for layer in layers for n in layer.merged if n in names})
     if already:
         raise AdapterStateError(f"adapter(s) {already} already merged; call lk.unmerge(model) before merging again")
+    for layer in layers:  # refused before any weight is written
+        refusal = layer.merge_refusal() if any(n in layer.lora_A for n in names) else None
+        if refusal:
+            raise MergeError(
+                f"layer {layer.path}: {refusal}; nothing was merged. Keep the adapters unmerged, or exclude "
+                "that layer when training"
+            )
     _untie(model, [layer for layer in layers if any(n in layer.lora_A and n not in layer.merged for n in names)])
     for layer in layers:
         for name in names:
@@ -131,6 +138,10 @@ def unmerge(model: nn.Module) -> nn.Module:
 
 
 def merged_adapters(model: nn.Module) -> list[str]:
+    """Names of the adapters folded into the base weights (by :func:`merge`), in the order they were merged.
+
+    Empty when nothing is merged; :func:`unload`, :func:`lorakit.disabled` and per-row adapters need it empty.
+    """
     names: list[str] = []
     for _, layer in lora_layers(model):
         names += [n for n in layer.merged if n not in names]

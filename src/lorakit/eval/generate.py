@@ -118,15 +118,22 @@ def merged_copy(model: nn.Module) -> Iterator[nn.Module]:
     ``W₀ + Σ ΔW`` (in the base dtype; DoRA's rescaled form), and the layer counts them as merged, so forward
     skips the low-rank path. On exit the original tensors are put back untouched (no subtract-and-round).
 
-    Left unmerged: quantised bases (merging would dequantise them), layers routing rows to adapters, and
-    disabled layers. Costs one extra copy of each merged weight while the block runs. Raises
-    :class:`~lorakit.core.errors.MergeError` (naming the layer) if a merge would produce NaN/inf.
+    Left unmerged, running the low-rank path with the same outputs: quantised bases (merging would dequantise
+    them), layers routing rows to adapters, disabled layers, and layers that cannot merge at all
+    (:meth:`~lorakit.core.layers.base.LoraLayer.merge_refusal`: a LoRA on a grouped convolution). Costs one
+    extra copy of each merged weight while the block runs. Raises :class:`~lorakit.core.errors.MergeError`
+    (naming the layer) if a merge would produce NaN/inf.
     """
     touched: list[tuple[LoraLayer, torch.Tensor, int]] = []
     try:
         with torch.no_grad():
             for layer in model.modules():
-                if not isinstance(layer, LoraLayer) or layer.routing is not None or _is_quantized(layer):
+                if (
+                    not isinstance(layer, LoraLayer)
+                    or layer.routing is not None
+                    or _is_quantized(layer)
+                    or layer.merge_refusal() is not None
+                ):
                     continue
                 names = layer._unmerged_active()
                 if not names:

@@ -138,6 +138,11 @@ class LoraLayer(Wrapper, ABC):
         return self.base_layer.weight
 
     # -- merge --------------------------------------------------------------------------------------
+    def merge_refusal(self) -> str | None:
+        """Why adapters cannot be folded into this layer's base weight, or None when they can (always here; a
+        LoRA on a grouped convolution cannot, see :class:`~lorakit.core.layers.conv.LoraConv`)."""
+        return None
+
     @abstractmethod
     def delta_weight(self, name: str) -> torch.Tensor:
         """ΔW of adapter ``name`` in fp32, laid out like the base weight."""

@@ -75,13 +75,22 @@ class LoraConv(LoraLayer):
                 nn.init.kaiming_uniform_(A, a=math.sqrt(5))
             nn.init.zeros_(B)
 
+    def merge_refusal(self) -> str | None:
+        """None with ``groups == 1``. With groups, ``A`` (not grouped) connects every input channel to every
+        output, which the base's grouped kernel ``(out, in / groups, …)`` cannot hold (PEFT refuses too)."""
+        if self.groups == 1:
+            return None
+        return f"a LoRA on a convolution with groups={self.groups} cannot be merged (PEFT cannot either)"
+
     def delta_weight(self, name: str) -> torch.Tensor:
-        """``ΔW = scale · Σ_k B[o, k] A[k, i, …]``: ``(out, in, *kernel)`` in fp32 (groups == 1 only)."""
-        if self.groups > 1:
-            raise MergeError(
-                f"layer {self.path}: a LoRA on a convolution with groups={self.groups} cannot be merged "
-                "(PEFT cannot either); keep the adapter unmerged"
-            )
+        """``ΔW = scale · Σ_k B[o, k] A[k, i, …]``: ``(out, in, *kernel)`` in fp32 (groups == 1 only).
+
+        Raises:
+            MergeError: the convolution is grouped (:meth:`merge_refusal`).
+        """
+        refusal = self.merge_refusal()
+        if refusal:
+            raise MergeError(f"layer {self.path}: {refusal}; keep the adapter unmerged")
         A = self.lora_A[name].float()  # (r, in, *kernel)
         B = self.lora_B[name].float().flatten(1)  # (out, r)
         return self.scaling[name] * torch.einsum("or,ri...->oi...", B, A)  # (out, in, *kernel)
