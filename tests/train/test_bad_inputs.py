@@ -44,7 +44,7 @@ BAD_YAML = [
     ("string learning rate", "train: {lr: '1e-4'}\n", r"train\.lr: Input should be a valid number, got '1e-4'"),
     ("string flag", "data: {packing: 'yes'}\n", r"data\.packing: Input should be a valid boolean"),
     ("lora flag as text", "lora: {use_dora: 'no'}\n", r"use_dora must be true or false"),
-    ("not a mapping", "- a\n- b\n", r"the config must be a mapping"),
+    ("not a mapping", "- a\n- b\n", r"the config file must be a mapping"),
     (
         "alias and name together",
         "train: {lr: 0.1, learning_rate: 0.2}\n",

@@ -13,10 +13,10 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
 from torch import nn
 
 from lorakit.core.errors import ConfigError
+from lorakit.core.files.strict_yaml import read_yaml
 from lorakit.eval.choice import choice_accuracy
 from lorakit.eval.data import EvalRow
 from lorakit.eval.drift import drift_kl
@@ -35,20 +35,18 @@ class RegressionSet:
 
 def load_regression_set(source: str | Path = "default") -> RegressionSet:
     """``"default"``: the shipped sets;
-    otherwise a YAML naming replacement files for ``prompts``, ``text``, ``choices``.
+    otherwise a YAML naming replacement files for ``prompts``, ``text``, ``choices``, read strictly
+    (:mod:`lorakit.core.files.strict_yaml`; errors are :class:`ConfigError` naming ``file:line``).
     """
     if str(source) == "default":
         return RegressionSet(general_prompts(), general_texts(), general_choices())
     path = Path(source)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(
             f"{path}: regression file not found; give 'default', 'none' or a YAML naming prompts/text/choices files"
         )
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    unknown = sorted(set(raw) - {"prompts", "text", "choices"}) if isinstance(raw, dict) else ["(not a mapping)"]
+    raw = read_yaml(path, "regression file", "prompts, text, choices")
+    unknown = sorted(set(raw) - {"prompts", "text", "choices"})
     if unknown:
         raise ConfigError(
             f"{path}: unknown key {unknown[0]!r}; a regression file maps prompts, text and choices to JSONL files"

@@ -20,9 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lorakit.core.errors import ConfigError
+from lorakit.core.files.strict_yaml import read_yaml
 
 METRIC_GROUPS = {
     "exact_match": "output equals the reference (surrounding whitespace ignored)",
@@ -80,16 +79,11 @@ class TaskSpec:
 
 
 def load_spec(path: str | Path) -> TaskSpec:
-    """Read a task spec YAML; unknown keys, bad values and unreadable schema files raise :class:`ConfigError`."""
+    """Read a task spec YAML strictly (:mod:`lorakit.core.files.strict_yaml`: a duplicate key, an alias bomb or
+    bytes that are not UTF-8 are refused at ``file:line``); unknown keys, bad values and unreadable schema files
+    raise :class:`ConfigError` naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: task spec not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a task spec is a mapping of keys to values")
+    raw = read_yaml(path, "task spec", "metrics, fields, schema, …")
     known = {f.name for f in fields(TaskSpec)} | {"schema_file"}
     unknown = sorted(set(raw) - known)
     if unknown:

@@ -32,9 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lorakit.core.errors import ConfigError
+from lorakit.core.files.strict_yaml import parse_yaml, read_yaml
 from lorakit.eval.data import EvalRow, load_rows
 from lorakit.eval.spec import TaskSpec, load_spec
 from lorakit.eval.task import plan_task
@@ -60,6 +59,7 @@ _KEYS = {
     "promote",
     "output",
 }
+_SWEEP_KEYS = "config, space, objectives, budget, …"
 _DOTTED = ("space", "objectives")
 _SCORES = {
     "exact_match": ["exact_match"],
@@ -115,7 +115,7 @@ def load_sweep(source: str | Path | dict[str, Any], overrides: list[str] = ()) -
     if isinstance(source, dict):
         raw, where, stem = copy.deepcopy(source), "<sweep>", "sweep"
     else:
-        raw, where, stem = _read_yaml(Path(source)), str(source), Path(source).stem
+        raw, where, stem = read_yaml(source, "sweep file", _SWEEP_KEYS), str(source), Path(source).stem
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(_KEYS))}")
@@ -182,27 +182,12 @@ def _name(name: str, where: str) -> str:
         ) from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: sweep file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise ConfigError(
-            f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML ({getattr(err, 'problem', err)})"
-        ) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a sweep file is a mapping (config, space, objectives, budget, …)")
-    return raw
-
-
 def _mapping(value: Any, where: str, key: str) -> dict[str, Any]:
     """A mapping given inline, or read from the YAML file a string names."""
     if isinstance(value, str):
         if Path(value).suffix not in (".yaml", ".yml"):
             raise ConfigError(f"{where}: '{key}': {value!r} is not a .yaml file")
-        return _read_yaml(Path(value))
+        return read_yaml(value, "config file")
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: '{key}' must be a training config: a YAML path or an inline mapping")
     return value
@@ -219,7 +204,7 @@ def _section(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
 
 def _override(raw: dict[str, Any], override: str) -> None:
     """``budget.trials=2`` sets ``raw["budget"]["trials"]``, ``space.lora.r=[4, 8]`` sets ``raw["space"]["lora.r"]``;
-    the value is read as YAML."""
+    the value is read as strict YAML (errors name ``--set space.lora.r``)."""
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {override!r}: expected key=value, e.g. --set config.train.max_steps=4")
@@ -234,10 +219,7 @@ def _override(raw: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {override!r}: {part!r} is not a section")
         node = child
-    try:
-        node[leaf] = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        node[leaf] = text
+    node[leaf] = parse_yaml(text, f"--set {key.strip()}")
 
 
 def _task(value: Any, where: str) -> TaskSpec:

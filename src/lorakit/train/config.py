@@ -4,7 +4,8 @@ Every field is documented where it is declared. Scalars are strict (``batch_size
 refused, not converted). Hugging Face's and PEFT's names are accepted as aliases (:data:`ALIASES`:
 ``train.learning_rate``, ``lora.lora_alpha``…). Every unknown key and bad value is reported at once in one
 :class:`~lorakit.core.errors.ConfigError` naming the file and each key (``train.lr``), with "did you mean".
-The file itself is read strictly by :mod:`lorakit.train.config_file` (duplicate keys, bounded aliases).
+The file and every ``--set`` value are read strictly by :mod:`lorakit.core.files.strict_yaml` (duplicate keys,
+bounded aliases).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from lorakit.core.bases import DEFAULT_BASE
 from lorakit.core.config import ALIASES as LORA_ALIASES
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import ConfigError
+from lorakit.core.files.strict_yaml import parse_yaml, read_yaml
 from lorakit.core.names import did_you_mean, rename_aliases
 from lorakit.train.adalora import AdaLoraSection
-from lorakit.train.config_file import parse_yaml, read_yaml
 from lorakit.train.objective_config import DpoSection, DriftGuardSection
 
 ALIASES: dict[str, dict[str, str]] = {
@@ -215,7 +216,7 @@ def load_config(source: str | Path | dict[str, Any] | RunConfig, overrides: list
     """Read a YAML file (or take a dict), rename aliases, apply ``key=value`` overrides, validate.
 
     Raises:
-        ConfigError: the file cannot be read or parsed (see :mod:`lorakit.train.config_file`), or keys and values
+        ConfigError: the file cannot be read or parsed (see :mod:`lorakit.core.files.strict_yaml`), or keys and values
             are invalid — all of them named in one message, each with its file and dotted key.
     """
     if isinstance(source, RunConfig):
@@ -223,7 +224,7 @@ def load_config(source: str | Path | dict[str, Any] | RunConfig, overrides: list
     elif isinstance(source, dict):
         raw, where = dict(source), "<config>"
     else:
-        raw, where = read_yaml(Path(source)), str(source)
+        raw, where = read_yaml(Path(source), "config file", keys="base, lora, data, train, output"), str(source)
     try:
         raw = _canonical(raw)
     except ConfigError as err:
@@ -250,7 +251,8 @@ def _canonical(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:
-    """``train.lr=1e-4`` sets ``raw["train"]["lr"]``; the value is parsed as YAML (numbers, booleans, lists)."""
+    """``train.lr=1e-4`` sets ``raw["train"]["lr"]``; the value is read as strict YAML (numbers,
+    booleans, lists; a duplicate key or invalid YAML is a :class:`ConfigError` naming ``--set train.lr``)."""
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {override!r}: expected key=value, e.g. --set train.lr=1e-4")
@@ -262,10 +264,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {override!r}: {part!r} is not a section")
         node = child
-    try:
-        node[parts[-1]] = parse_yaml(text, f"--set {key}") if text.strip() else None
-    except ConfigError:
-        node[parts[-1]] = text
+    node[parts[-1]] = parse_yaml(text, f"--set {key.strip()}")
 
 
 def _describe(err: ValidationError) -> str:

@@ -1,4 +1,5 @@
-"""Reading a YAML run config strictly: what YAML would accept silently is an error here.
+"""Reading YAML strictly: what YAML would accept silently is an error here. Every YAML file lorakit reads (run
+configs, task specs, regression sets, sweep files, ``--set`` values) goes through :func:`parse_yaml`.
 
 - numbers in exponent form without a dot (``lr: 1e-4``) are floats, as YAML 1.2 and every user expects
   (PyYAML's YAML 1.1 rules would read a string);
@@ -6,10 +7,11 @@
   where PyYAML would keep the last value;
 - alias expansion is bounded (:data:`MAX_ALIASES` uses, :data:`MAX_NODES` nodes once expanded; a recursive alias
   is refused), so a "billion laughs" file fails at once with a short message;
+- only YAML's safe tags are constructed (``!!python/object`` and the like are invalid YAML here);
 - the path must be a regular file (a FIFO or a device is refused, never waited on), at most :data:`MAX_BYTES`
   bytes of UTF-8 text (a bad byte is reported as ``file:line``).
 
-Errors are :class:`~lorakit.core.errors.ConfigError` starting with ``file:line``.
+Errors are :class:`~lorakit.core.errors.ConfigError` starting with ``file:line`` (``source:line`` for text).
 """
 
 from __future__ import annotations
@@ -24,12 +26,21 @@ from lorakit.core.errors import ConfigError
 from lorakit.core.files.text import read_utf8
 
 MAX_BYTES = 1 << 20
-"""Largest config file read, in bytes."""
+"""Largest YAML file read, in bytes."""
 MAX_ALIASES = 100
-"""Most alias uses (``*name``) in one file."""
+"""Most alias uses (``*name``) in one document."""
 MAX_NODES = 10_000
 """Most YAML nodes once every alias is expanded."""
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_FLOAT = re.compile(
+    r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+               |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+               |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+               |[-+]?\.(?:inf|Inf|INF)
+               |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -65,18 +76,7 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                   |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
-                   |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                   |[-+]?\.(?:inf|Inf|INF)
-                   |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
+_StrictLoader.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+0123456789."))
 
 
 def _expanded_size(node, sizes: dict[int, int], open_nodes: set[int], source: str) -> int:
@@ -96,7 +96,8 @@ def _expanded_size(node, sizes: dict[int, int], open_nodes: set[int], source: st
         total += _expanded_size(child, sizes, open_nodes, source)
         if total > MAX_NODES:
             raise ConfigError(
-                f"{source}: aliases expand to more than {MAX_NODES} values; write the config out without nested aliases"
+                f"{source}:{node.start_mark.line + 1}: aliases expand to more than {MAX_NODES} values; "
+                "write the values out without nested aliases"
             )
     open_nodes.discard(id(node))
     sizes[id(node)] = total
@@ -104,7 +105,14 @@ def _expanded_size(node, sizes: dict[int, int], open_nodes: set[int], source: st
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    """The value of one YAML document, read strictly (see the module docstring)."""
+    """The value of one YAML document, read strictly (see the module docstring); ``None`` for an empty one.
+
+    ``source`` names the text in errors (a file name, or ``--set key`` for a command-line value).
+
+    Raises:
+        ConfigError: ``source:line: …`` for invalid YAML, a duplicate key, too many or recursive aliases, an
+            unsafe tag, or more than one document.
+    """
     loader = _StrictLoader(text, source)
     try:
         node = loader.get_single_node()
@@ -121,13 +129,20 @@ def parse_yaml(text: str, source: str) -> Any:
         loader.dispose()
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML config file (``{}`` for an empty file)."""
-    raw = parse_yaml(read_utf8(path, "config file", ConfigError, max_bytes=MAX_BYTES), str(path))
+def read_yaml(path: str | Path, what: str = "YAML file", keys: str = "") -> dict[str, Any]:
+    """The top-level mapping of a YAML file (``{}`` for an empty file), read strictly by :func:`parse_yaml`.
+
+    ``what`` names the file in errors (``"task spec"``); ``keys`` lists the keys it expects, for the error a
+    file that is not a mapping gets.
+
+    Raises:
+        ConfigError: the path is missing or not a regular file, larger than :data:`MAX_BYTES` bytes, not UTF-8
+            (``file:line``), not valid strict YAML (``file:line``, see :func:`parse_yaml`), or not a mapping.
+    """
+    raw = parse_yaml(read_utf8(path, what, ConfigError, max_bytes=MAX_BYTES), str(path))
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(
-            f"{path}: the config must be a mapping of keys (base, lora, data, train, output), got {type(raw).__name__}"
-        )
+        expected = f" ({keys})" if keys else ""
+        raise ConfigError(f"{path}: the {what} must be a mapping of keys{expected}, got {type(raw).__name__}")
     return raw
