@@ -25,6 +25,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "trainable_summary": ("lorakit.core.model", "trainable_summary"),
     "merge": ("lorakit.core.merge", "merge"),
     "unmerge": ("lorakit.core.merge", "unmerge"),
+    "merged_adapters": ("lorakit.core.merge", "merged_adapters"),
     "merge_and_unload": ("lorakit.core.merge", "merge_and_unload"),
     "unload": ("lorakit.core.merge", "unload"),
     "save_adapter": ("lorakit.core.files", "save_adapter"),

@@ -64,7 +64,7 @@ def test_overwriting_an_adapter_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr("lorakit.core.files.save.safetensors_bytes", crash)
     with pytest.raises(RuntimeError):
-        lk.save_adapter(model, path)
+        lk.save_adapter(model, path, overwrite=True)
     assert (path / "adapter_model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 

@@ -26,6 +26,7 @@ from lorakit.algebra.factors import Adapter, LowRank, load, parent_record, rejec
 from lorakit.algebra.prune import ELEMENTWISE_METHODS, SIGN_METHODS, merge_elementwise
 from lorakit.algebra.spectrum import factor_svd
 from lorakit.core.errors import AdapterMismatchError, BaseMismatchError, ConfigError
+from lorakit.core.files import atomic
 
 METHODS = ("cat", "linear", "svd") + ELEMENTWISE_METHODS
 
@@ -51,8 +52,18 @@ def combine(
     density: float | None = None,
     seed: int = 0,
     sign_method: str = "total",
+    overwrite: bool = False,
 ) -> CombineResult:
-    """Combine adapters ``sources`` with ``weights`` (default 1 each) by ``method`` into a new adapter at ``out``."""
+    """Combine adapters ``sources`` with ``weights`` (default 1 each) by ``method`` into a new adapter at ``out``.
+
+    ``out`` is written atomically (a staging directory renamed into place) and must be absent or empty unless
+    ``overwrite``, which replaces what it holds.
+
+    Raises:
+        OutputExistsError: ``out`` is a file or a non-empty directory and ``overwrite`` is false (checked before
+            any adapter is read; nothing is written).
+    """
+    atomic.check_output(out, overwrite=overwrite)
     adapters = [s if isinstance(s, Adapter) else load(s) for s in sources]
     weights = _check_arguments(adapters, weights, method, rank, density, sign_method)
     _check_compatible(adapters, method)

@@ -20,6 +20,7 @@ from lorakit.algebra import writer
 from lorakit.algebra.factors import Adapter, LowRank, load, parent_record, reject_dora
 from lorakit.algebra.spectrum import factor_svd, rank_for_energy
 from lorakit.core.errors import ConfigError
+from lorakit.core.files import atomic
 from lorakit.core.files.peft_format import WEIGHTS_FILE
 
 
@@ -53,15 +54,29 @@ class CompressReport:
 
 
 def compress(
-    source: str | Path | Adapter, out: str | Path, *, energy: float | None = None, rank: int | None = None
+    source: str | Path | Adapter,
+    out: str | Path,
+    *,
+    energy: float | None = None,
+    rank: int | None = None,
+    overwrite: bool = False,
 ) -> CompressReport:
-    """Re-factor every module of ``source`` to keep ``energy`` of its ΔW (or to at most ``rank``); write to ``out``."""
+    """Re-factor every module of ``source`` to keep ``energy`` of its ΔW (or to at most ``rank``); write to ``out``.
+
+    ``out`` is written atomically and must be absent or empty unless ``overwrite``, which replaces what it holds.
+
+    Raises:
+        ConfigError: not exactly one of ``energy`` (a fraction in (0, 1]) and ``rank`` (a positive integer).
+        OutputExistsError: ``out`` is a file or a non-empty directory and ``overwrite`` is false (nothing is
+            read or written).
+    """
     if (energy is None) == (rank is None):
         raise ConfigError("give exactly one of energy (e.g. 0.99) or rank (e.g. 8)")
     if energy is not None and not (isinstance(energy, (int, float)) and 0.0 < energy <= 1.0):
         raise ConfigError(f"energy must be a fraction in (0, 1], got {energy!r}")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ConfigError(f"rank must be a positive integer, got {rank!r}")
+    atomic.check_output(out, overwrite=overwrite)
     adapter = source if isinstance(source, Adapter) else load(source)
     reject_dora(adapter, "compress")
     modules: dict[str, LowRank] = {}

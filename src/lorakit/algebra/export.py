@@ -46,16 +46,25 @@ def export_merged(
     base: str | None = None,
     dtype: str = "fp32",
     safe: bool = True,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Merge ``adapters`` (each ``(source, weight)``) into their base and save a transformers model at ``out``.
 
     The base is ``base``, else the first adapter's recorded base, else the embedded default; every adapter is
-    checked against it (fingerprint, keys, shapes) before anything is merged.
+    checked against it (fingerprint, keys, shapes) before anything is merged. ``out`` is written atomically and
+    must be absent or empty unless ``overwrite``, which replaces what it holds.
+
+    Raises:
+        ConfigError: an unknown ``dtype``, no adapter, or a weight that is not finite (or not 1 for DoRA).
+        OutputExistsError: ``out`` is a file or a non-empty directory and ``overwrite`` is false (checked
+            before the base loads; nothing is written).
+        MergeError: a merge would write NaN/inf, or a layer cannot be merged (a LoRA on a grouped convolution).
     """
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if not adapters:
         raise ConfigError("merge needs at least one adapter")
+    atomic.check_output(out, overwrite=overwrite)
     parents = [(load(source), float(weight)) for source, weight in adapters]
     for parent, weight in parents:
         if not torch.isfinite(torch.tensor(weight)):

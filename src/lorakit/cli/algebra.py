@@ -60,7 +60,7 @@ def merge(
             "name at least one adapter: lorakit merge ADAPTER --out DIR (or --adapter a:0.7 --adapter b:0.3)"
         )
     with phase("merge") as running:
-        result = export_merged(specs, out, base=base, dtype=short)
+        result = export_merged(specs, out, base=base, dtype=short, overwrite=overwrite)
         running.values = {"dtype": result.dtype, "adapters": len(specs)}
     blend = " + ".join(f"{w:g}·{s}" for s, w in specs)
     typer.echo(f"merged {blend} into {result.base} ({result.dtype}) -> {result.path}")
@@ -98,7 +98,15 @@ def combine(
             raise ConfigError(f"--weights must be comma-separated numbers, got {weights!r}") from None
     with phase("combine") as running:
         result = run(
-            adapters, out, weights=parsed, method=method, rank=rank, density=density, seed=seed, sign_method=sign
+            adapters,
+            out,
+            weights=parsed,
+            method=method,
+            rank=rank,
+            density=density,
+            seed=seed,
+            sign_method=sign,
+            overwrite=overwrite,
         )
         running.values = {"method": method, "modules": len(result.ranks)}
     ranks = sorted(set(result.ranks.values()))
@@ -215,7 +223,7 @@ def compress(
     if base_name is not None and base_name != bases.DEFAULT_BASE:
         bases.resolve(base_name)  # a missing base is reported before anything is written
     with phase("compress") as running:  # checks --energy/--rank before the base model loads
-        report = run(source, out, energy=energy, rank=rank)
+        report = run(source, out, energy=energy, rank=rank, overwrite=overwrite)
         running.values = {"largest relative error": report.max_relative_error}
     model = tokenizer = None
     if base_name is not None:

@@ -28,7 +28,7 @@ import torch
 import yaml
 from torch import nn
 
-from lorakit.core.errors import ConfigError
+from lorakit.core.errors import ConfigError, OutputExistsError
 from lorakit.core.files import atomic, restore_adapter, save_adapter
 
 STATE_FILE = "trainer_state.pt"
@@ -190,8 +190,8 @@ def check_run_dir(output: Path, resume: str | Path | None, overwrite: bool = Fal
     """Refuse, before anything loads, a start that would mix two runs in ``output``.
 
     Raises:
-        ConfigError: ``output`` holds files and neither ``resume`` nor ``overwrite`` is given; or ``resume`` is
-            ``auto`` and the run there already finished (``adapter/`` written).
+        OutputExistsError: ``output`` holds files and neither ``resume`` nor ``overwrite`` is given.
+        ConfigError: ``resume`` is ``auto`` and the run there already finished (``adapter/`` written).
 
     Only the first process checks (torchrun's ``RANK`` 0): the others could already see what it wrote; if it
     refuses, torchrun stops them.
@@ -201,7 +201,7 @@ def check_run_dir(output: Path, resume: str | Path | None, overwrite: bool = Fal
     output = Path(output)
     if resume is None and not overwrite and output.is_dir() and any(output.iterdir()):
         held = ", ".join(sorted(p.name for p in output.iterdir())[:4])
-        raise ConfigError(
+        raise OutputExistsError(
             f"{output}: the run directory is not empty (it holds {held}); continue it with "
             f"--resume auto, start over with --overwrite (Python: overwrite=True), or set another output"
         )

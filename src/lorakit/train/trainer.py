@@ -300,8 +300,12 @@ class Trainer:
         if self.state.best_eval is None or value < self.state.best_eval:
             self.state.best_eval, self.state.best_step, self.state.evals_without_gain = value, step, 0
             if self.dist.main:
-                save_adapter(
-                    self.model, self.output / "best", self.adapter, metadata={"step": step, "eval_loss": value}
+                save_adapter(  # the best so far replaces the previous best of this run
+                    self.model,
+                    self.output / "best",
+                    self.adapter,
+                    metadata={"step": step, "eval_loss": value},
+                    overwrite=True,
                 )
         else:
             self.state.evals_without_gain += 1
@@ -403,7 +407,9 @@ class Trainer:
             provenance["training"].update(
                 {"metrics": metrics, "wall_seconds": summary["wall_seconds"], "early_stopped": not completed}
             )
-            save_adapter(self.model, self.output / "adapter", self.adapter, metadata=provenance)
+            save_adapter(  # fit checked the run directory at its start
+                self.model, self.output / "adapter", self.adapter, metadata=provenance, overwrite=True
+            )
             record = {
                 "lorakit_version": __version__,
                 "base": {"name_or_path": self.config.base, "fingerprint": bases.fingerprint(self.model)},

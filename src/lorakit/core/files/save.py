@@ -55,15 +55,27 @@ def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(
-    model: nn.Module, directory: str | Path, name: str = "default", *, metadata: dict[str, Any] | None = None
+    model: nn.Module,
+    directory: str | Path,
+    name: str = "default",
+    *,
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write adapter ``name`` to ``directory`` in PEFT's layout, atomically; returns the directory.
 
-    ``metadata`` is merged into ``lorakit.json`` (training adds dataset, metrics and config there).
+    ``metadata`` is merged into ``lorakit.json`` (training adds dataset, metrics and config there). The directory
+    is staged and renamed into place, so it ends holding exactly the adapter's three files: it must be absent or
+    empty unless ``overwrite``, which replaces everything it holds.
+
+    Raises:
+        AdapterStateError: the model has no adapter ``name``.
+        OutputExistsError: ``directory`` is a file or a non-empty directory and ``overwrite`` is false.
     """
     state = adapter_state(model)
     if name not in state.configs:
         raise AdapterStateError(f"no adapter named {name!r}; the model has {list(state.configs) or 'none'}")
+    atomic.check_output(directory, overwrite=overwrite, what="adapter directory")
     config = export_config(state.configs[name], model, name)
     layers = [(m, layer) for m, layer in lora_layers(model) if name in layer.lora_A]
     leaf_names = [m.rsplit(".", 1)[-1] for m, _ in layers]
