@@ -5,6 +5,7 @@ leaves the old content."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from lorakit.core import bases
 from lorakit.core.errors import OutputExistsError
 from lorakit.core.files import atomic
 from lorakit.train import Trainer
-from tests.helpers import randomize_adapter
+from tests.helpers import randomize_adapter, run_cli
 
 ROWS = [{"prompt": f"Q{i}: colour?", "completion": f" {c}"} for i, c in enumerate(["red", "blue"] * 2)]
 
@@ -120,3 +121,22 @@ def test_trainer_overwrite_starts_the_run_over(base, adapter, tmp_path):
     _train(base, adapter, out, overwrite=True)
     assert lk.read_adapter(out / "adapter").config.r == 4
     assert (out / "keep.txt").read_text() == "mine"  # not a run's file: starting over leaves it
+
+
+def test_compress_in_place_with_overwrite_reports_the_sizes_before_and_after(adapter, tmp_path):
+    copy = shutil.copytree(adapter, tmp_path / "adapter")
+    size = (copy / "adapter_model.safetensors").stat().st_size
+    report = lk.compress(copy, copy, rank=2, overwrite=True)
+    assert report.bytes_before == size and report.bytes_after == (copy / "adapter_model.safetensors").stat().st_size
+    assert report.bytes_after < size and lk.read_adapter(copy).config.r == 2
+
+
+def test_the_compress_command_in_place_needs_no_sample(adapter, tmp_path, capsys, monkeypatch):
+    copy = shutil.copytree(adapter, tmp_path / "adapter")
+    before = _tree(copy)
+    code, _, err = run_cli(capsys, monkeypatch, "compress", str(copy), "--rank", "2", "--out", str(copy), "--overwrite")
+    assert code == 2 and "is the adapter being compressed" in err and "--no-sample" in err and _tree(copy) == before
+    args = ["compress", str(copy), "--rank", "2", "--out", str(copy), "--overwrite", "--no-sample"]
+    code, _, err = run_cli(capsys, monkeypatch, *args)
+    assert code == 0, err
+    assert lk.read_adapter(copy).config.r == 2

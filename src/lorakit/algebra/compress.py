@@ -79,6 +79,7 @@ def compress(
     atomic.check_output(out, overwrite=overwrite)
     adapter = source if isinstance(source, Adapter) else load(source)
     reject_dora(adapter, "compress")
+    bytes_before = (adapter.path / WEIGHTS_FILE).stat().st_size  # before writing: ``out`` may be the source
     modules: dict[str, LowRank] = {}
     report = []
     for name, m in adapter.modules.items():
@@ -95,9 +96,7 @@ def compress(
     path = writer.write(
         out, modules, [adapter], lineage, extras_from=adapter if adapter.extras else None, dtype=adapter.dtype
     )
-    return CompressReport(
-        path, report, (adapter.path / WEIGHTS_FILE).stat().st_size, (path / WEIGHTS_FILE).stat().st_size
-    )
+    return CompressReport(path, report, bytes_before, (path / WEIGHTS_FILE).stat().st_size)
 
 
 def output_kl(

@@ -219,6 +219,11 @@ def compress(
     from lorakit.core import bases
 
     source = load(adapter)
+    if sample and Path(out).resolve() == source.path.resolve():
+        raise ConfigError(
+            f"--out {out} is the adapter being compressed: the output-change sample needs the original; "
+            "write to another directory, or pass --no-sample to compress in place"
+        )
     base_name = base_of(source.files, base) if sample else None
     if base_name is not None and base_name != bases.DEFAULT_BASE:
         bases.resolve(base_name)  # a missing base is reported before anything is written
