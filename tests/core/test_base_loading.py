@@ -58,3 +58,23 @@ def test_a_staged_directory_is_readable_by_the_group_whoever_wrote_its_files(tmp
     for path in [tmp_path / "model", *(tmp_path / "model").rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
+
+
+def test_the_gguf_conversion_reads_the_file_once_and_restores_gguf(monkeypatch):
+    """transformers parses the GGUF three times (config, weights, tokenizer); the conversion memoises the reader
+    and the tensor-name table for its duration only (the converted files were compared byte for byte once)."""
+    import gguf
+
+    built = []
+
+    class Reader:
+        def __init__(self, path, mode="r"):
+            built.append((path, mode))
+
+    monkeypatch.setattr(gguf, "GGUFReader", Reader)
+    with bases._gguf_read_once():
+        first, again, other = gguf.GGUFReader("/m.gguf"), gguf.GGUFReader("/m.gguf"), gguf.GGUFReader("/n.gguf")
+        names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+        assert first is again and other is not first and gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is names
+    assert built == [("/m.gguf", "r"), ("/n.gguf", "r")]
+    assert gguf.GGUFReader is Reader and gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is not names

@@ -7,10 +7,12 @@ loads take seconds.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -58,8 +60,9 @@ def ensure_default_cached() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = _gguf_dir()
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_GGUF_FILE, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_GGUF_FILE)
+    with _gguf_read_once():
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_GGUF_FILE, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_GGUF_FILE)
     model.hf_quantizer = None  # the GGUF weights are dequantised to fp32: nothing quantised remains
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -67,6 +70,37 @@ def ensure_default_cached() -> Path:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     return target
+
+
+@contextlib.contextmanager
+def _gguf_read_once() -> Iterator[None]:
+    """Inside the block, ``gguf.GGUFReader`` and ``gguf.get_tensor_name_map`` are memoised.
+
+    transformers parses the GGUF file three times (config, weights, tokenizer: the 49k-token vocabulary in pure
+    Python each time) and rebuilds gguf's tensor-name table once per model tensor; both are pure functions of their
+    arguments and their results are only read, so one of each serves the whole conversion (about half its time).
+    """
+    import gguf
+
+    originals = {name: getattr(gguf, name) for name in ("GGUFReader", "get_tensor_name_map") if hasattr(gguf, name)}
+    memo: dict = {}
+
+    def once(name):
+        def call(*args, **kwargs):
+            key = (name, tuple(map(str, args)), tuple(sorted((k, str(v)) for k, v in kwargs.items())))
+            if key not in memo:
+                memo[key] = originals[name](*args, **kwargs)
+            return memo[key]
+
+        return call
+
+    try:
+        for name in originals:
+            setattr(gguf, name, once(name))
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(gguf, name, original)
 
 
 def resolve(name_or_path: str) -> str:
