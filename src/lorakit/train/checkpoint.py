@@ -10,7 +10,8 @@ A run directory starts with :func:`start_run`: a directory that already holds so
 run resumes or ``overwrite`` is given; staging directories left by a kill are removed and ``keep_checkpoints``
 is enforced again; ``--resume auto`` refuses a finished run (its ``adapter/`` is written) and a run whose
 recorded ``config.yaml`` differs in a key that changes the run; the resolved config (after ``--set``) is
-written to ``config.yaml``, so ``lorakit train --resume RUN_DIR`` continues exactly this run.
+written to ``config.yaml`` by :func:`~lorakit.core.files.strict_yaml.dump_yaml` (so it reads back through the
+strict reader as the same values), and ``lorakit train --resume RUN_DIR`` continues exactly this run.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from lorakit.core.errors import ConfigError, OutputExistsError
 from lorakit.core.files import atomic, restore_adapter, save_adapter
+from lorakit.core.files.strict_yaml import dump_yaml, read_yaml
 
 STATE_FILE = "trainer_state.pt"
 RUN_CONFIG = "config.yaml"
@@ -191,7 +192,8 @@ def check_run_dir(output: Path, resume: str | Path | None, overwrite: bool = Fal
 
     Raises:
         OutputExistsError: ``output`` holds files and neither ``resume`` nor ``overwrite`` is given.
-        ConfigError: ``resume`` is ``auto`` and the run there already finished (``adapter/`` written).
+        ConfigError: ``resume`` is ``auto`` and the run there already finished (``adapter/`` written), or the
+            run's recorded ``config.yaml`` is not strict YAML (``file:line``, e.g. a key given twice by hand).
 
     Only the first process checks (torchrun's ``RANK`` 0): the others could already see what it wrote; if it
     refuses, torchrun stops them.
@@ -210,6 +212,8 @@ def check_run_dir(output: Path, resume: str | Path | None, overwrite: bool = Fal
             f"{output}: this run already finished ({output / FINAL_ADAPTER} is written), so there is "
             "nothing to resume; train into another output, or pass --overwrite to start it over"
         )
+    if resume is not None and (output / RUN_CONFIG).is_file():
+        read_yaml(output / RUN_CONFIG, "recorded run config")  # a damaged record is refused before the model loads
 
 
 def start_run(
@@ -231,7 +235,7 @@ def start_run(
         return find_resume(output, resume)
     check_run_dir(output, resume, overwrite)
     if resume is not None and (output / RUN_CONFIG).is_file():
-        recorded = yaml.safe_load((output / RUN_CONFIG).read_text(encoding="utf-8")) or {}
+        recorded = read_yaml(output / RUN_CONFIG, "recorded run config")
         _check_same_run(recorded, config, output / RUN_CONFIG)
     if overwrite and resume is None:
         for name in _RUN_ARTIFACTS:
@@ -239,7 +243,7 @@ def start_run(
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
     remove_partial(output / "checkpoints")
     prune(output / "checkpoints", keep)
-    atomic.write_text(output / RUN_CONFIG, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    atomic.write_text(output / RUN_CONFIG, dump_yaml(config))
     return find_resume(output, resume)
 
 

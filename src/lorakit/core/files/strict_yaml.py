@@ -1,5 +1,7 @@
 """Reading YAML strictly: what YAML would accept silently is an error here. Every YAML file lorakit reads (run
-configs, task specs, regression sets, sweep files, ``--set`` values) goes through :func:`parse_yaml`.
+configs, task specs, regression sets, sweep files, ``--set`` values, the ``config.yaml`` a run records) goes
+through :func:`parse_yaml`, and every YAML file lorakit writes is written by :func:`dump_yaml`, so it reads back
+as the same values.
 
 - numbers in exponent form without a dot (``lr: 1e-4``) are floats, as YAML 1.2 and every user expects
   (PyYAML's YAML 1.1 rules would read a string);
@@ -16,6 +18,7 @@ Errors are :class:`~lorakit.core.errors.ConfigError` starting with ``file:line``
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,8 @@ MAX_NODES = 10_000
 """Most YAML nodes once every alias is expanded."""
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
+_INT_TAG = "tag:yaml.org,2002:int"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
 _FLOAT = re.compile(
     r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
@@ -77,6 +82,34 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 _StrictLoader.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+0123456789."))
+
+# plain scalars the strict reader reads as strings but other YAML readers do not: YAML 1.2 integers ("0o17",
+# "08") and YAML 1.1's one-letter booleans ("y", "N"); the writer quotes them too
+_OTHER_INT = re.compile(r"^[-+]?(?:0o[0-7]+|[0-9]+)$")
+_OTHER_BOOL = re.compile(r"^(?:y|Y|n|N)$")
+_RAW_BREAKS = "\x85\u2028\u2029"
+
+
+class _StrictDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper resolving plain scalars as the strict reader does, so a string that would read back
+    as another type is quoted; a value used twice is written twice (no anchors or aliases)."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+    def analyze_scalar(self, scalar: str):
+        """PyYAML writes NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR raw in single quotes, where a reader folds
+        them into a space or a newline: a scalar holding one is written double-quoted, with escapes."""
+        analysis = super().analyze_scalar(scalar)
+        if any(ch in scalar for ch in _RAW_BREAKS):
+            analysis.allow_flow_plain = analysis.allow_block_plain = False
+            analysis.allow_single_quoted = analysis.allow_block = False
+        return analysis
+
+
+_StrictDumper.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+0123456789."))
+_StrictDumper.add_implicit_resolver(_INT_TAG, _OTHER_INT, list("-+0123456789"))
+_StrictDumper.add_implicit_resolver(_BOOL_TAG, _OTHER_BOOL, list("yYnN"))
 
 
 def _expanded_size(node, sizes: dict[int, int], open_nodes: set[int], source: str) -> int:
@@ -146,3 +179,24 @@ def read_yaml(path: str | Path, what: str = "YAML file", keys: str = "") -> dict
         expected = f" ({keys})" if keys else ""
         raise ConfigError(f"{path}: the {what} must be a mapping of keys{expected}, got {type(raw).__name__}")
     return raw
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` as YAML text that :func:`parse_yaml` reads back as equal values (NaN as NaN).
+
+    ``data`` is built of ``dict``, ``list``, ``str``, ``int``, ``float``, ``bool`` and ``None`` (dates too);
+    keys keep their order. PyYAML's safe dumper follows YAML 1.1 and writes a string such as ``"1e5"`` or
+    ``"+.5"`` unquoted, which the strict reader (YAML 1.2 numbers) reads as a float; here every string that the
+    strict reader, YAML 1.1 or YAML 1.2 would read as another type is quoted. Lines are not wrapped.
+
+    Raises:
+        TypeError: a value of another type (a tuple, a path, an object), named with its type.
+    """
+    try:
+        return yaml.dump(data, Dumper=_StrictDumper, sort_keys=False, allow_unicode=True, width=math.inf)
+    except yaml.representer.RepresenterError as err:
+        value = err.args[1] if len(err.args) > 1 else None
+        raise TypeError(
+            f"cannot write a {type(value).__name__} value as YAML ({value!r}); give dicts, lists, str, int, "
+            "float, bool or None"
+        ) from None
