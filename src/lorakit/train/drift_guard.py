@@ -304,4 +304,4 @@ def _base_answers(model: nn.Module, tokenizer, prompts: list[list[dict]], tokens
     from lorakit.eval.generate import generate
 
     with disabled(model):
-        return [a.strip() for a in generate(model, tokenizer, prompts, max_new_tokens=tokens, batch_size=8)]
+        return [a.strip() for a in generate(model, tokenizer, prompts, max_new_tokens=tokens)]
