@@ -35,7 +35,7 @@ REAL = {
         "max_steps": 60,
         "batch_size": 8,
         "grad_accum": 1,
-        "lr": 5.0e-4,
+        "lr": 1.0e-3,
         "warmup_ratio": 0.1,
         "schedule": "cosine",
         "eval_every": 30,
@@ -96,14 +96,30 @@ def write_demo_data(out: str | Path, *, fast: bool = False) -> dict[str, Path]:
     return make_demo_task(*SPLITS["fast" if fast else "real"]).write(Path(out) / "data")
 
 
+ANSWER_SLACK = 4
+"""Tokens decoded beyond the longest reference answer (its end-of-turn token and a little room)."""
+
+
+def answer_budget(tokenizer, rows: list[dict]) -> int:
+    """The task's known answer length: the longest reference answer of ``rows`` in tokens, plus
+    :data:`ANSWER_SLACK`: every answer written in the references' form fits, and decoding stops there instead of
+    running to a fixed 40 tokens for rows that never end (the base model's prose)."""
+    return max(len(tokenizer(r["messages"][-1]["content"])["input_ids"]) for r in rows) + ANSWER_SLACK
+
+
 def evaluate_task(
     model, tokenizer, rows: list[dict], mode: str, batch_size: int | None = None
 ) -> tuple[dict, list[str]]:
-    """JSON triage scores of ``model`` on ``rows`` (greedy, the prompt without the answer; adapters merged into a
-    copy of the weights while decoding, batch size chosen for the machine unless given)."""
+    """JSON triage scores of ``model`` on ``rows`` (greedy, the prompt without the answer, at most
+    :func:`answer_budget` new tokens; adapters merged into a copy of the weights while decoding, batch size
+    chosen for the machine unless given)."""
     with precision.autocast(mode, next(model.parameters()).device.type):
         predictions = generate(
-            model, tokenizer, [prompt_messages(r) for r in rows], max_new_tokens=40, batch_size=batch_size
+            model,
+            tokenizer,
+            [prompt_messages(r) for r in rows],
+            max_new_tokens=answer_budget(tokenizer, rows),
+            batch_size=batch_size,
         )
     return json_task_scores(predictions, [reference(r) for r in rows], FIELDS), predictions
 
