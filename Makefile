@@ -27,7 +27,7 @@ lint: setup
 	.venv/bin/ruff check --fix src tests bench
 
 demo: setup
-	OMP_WAIT_POLICY=PASSIVE .venv/bin/lorakit quickstart --out runs/quickstart
+	.venv/bin/lorakit quickstart --out runs/quickstart
 
 clean:
 	rm -rf .venv runs build src/*.egg-info

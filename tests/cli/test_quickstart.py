@@ -61,3 +61,28 @@ def test_quickstart_on_the_default_model_learns_the_task(tmp_path):
     assert report["adapted"]["exact_match"] >= 0.6  # measured 0.86 in two runs
     assert report["adapted"]["json_valid"] >= 0.95
     assert report["drift_kl"] < 1.0
+
+
+@pytest.mark.parametrize(
+    ("environ", "load", "torch_loaded", "expected"),
+    [
+        ({}, 0.2, False, None),  # quiet machine: OpenMP's spinning default
+        ({}, 1.0, False, "PASSIVE"),  # half the 2 CPUs busy
+        ({}, 5.0, False, "PASSIVE"),
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, 5.0, False, None),  # the user's choice stands
+        ({}, 5.0, True, None),  # too late once torch is imported
+    ],
+)
+def test_the_command_picks_the_openmp_wait_policy_from_the_load(monkeypatch, environ, load, torch_loaded, expected):
+    import os
+    import sys
+
+    from lorakit.cli import app
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    modules = {"torch": sys.modules["torch"]} if torch_loaded else {}
+    environ = dict(environ)
+    before = dict(environ)
+    assert app.omp_wait_policy(environ, modules) == expected
+    assert environ == ({**before, "OMP_WAIT_POLICY": expected} if expected else before)

@@ -7,6 +7,7 @@ modules import heavy libraries (torch, transformers) inside their commands, so `
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -54,7 +55,25 @@ def usage_line(err: Exception) -> str:
     return f"error: {' '.join(message.split())} ({usage}; see {helper})"
 
 
+def omp_wait_policy(environ=None, modules=None) -> str | None:
+    """Choose OpenMP's wait policy before PyTorch starts, unless the user set ``OMP_WAIT_POLICY``: ``PASSIVE``
+    when the machine is already busy (1-minute load average ≥ half its CPUs), else the default (spinning).
+
+    Spinning threads are about 1.35× faster on a quiet machine (a quickstart training step: 2.7 s against 3.7 s
+    on 2 cores) but many times slower when other jobs want the same cores. Returns the value set, if any.
+    """
+    environ = os.environ if environ is None else environ
+    modules = sys.modules if modules is None else modules
+    if "OMP_WAIT_POLICY" in environ or "torch" in modules or not hasattr(os, "getloadavg"):
+        return None
+    if os.getloadavg()[0] >= (os.cpu_count() or 1) / 2:
+        environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        return "PASSIVE"
+    return None
+
+
 def main() -> None:
+    omp_wait_policy()
     try:
         code = app(
             prog_name="lorakit", standalone_mode=False
