@@ -158,7 +158,6 @@ def child(kind: str, out: str) -> None:
 def run(kind: str, out: Path, steps: int, quick: bool) -> dict:
     env = {
         **os.environ,
-        "OMP_WAIT_POLICY": "PASSIVE",
         "BENCH_DPO_STEPS": str(steps),
         "BENCH_QUICK": "1" if quick else "0",
     }
