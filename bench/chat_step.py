@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from train_step import TARGETS, _load, machine  # noqa: E402
+from train_step import TARGETS, _load, _torch_step, machine  # noqa: E402
 
 KINDS = ("lorakit", "lorakit-noshare", "peft", "floor")
 ROWS = 8
@@ -64,23 +64,6 @@ def _lorakit_step(model, tokenizer, rows, share: bool):
     return trainer._step
 
 
-def _torch_step(model, batch, params):
-    import torch
-
-    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True) if params else None
-    model.train()
-
-    def step():
-        loss = model(**batch, use_cache=False).loss
-        loss.backward()
-        if optimizer is not None:
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
 def worker(kind: str, steps: int, quick: bool) -> dict:
     import torch
 
@@ -97,12 +80,12 @@ def worker(kind: str, steps: int, quick: bool) -> dict:
         model = peft.get_peft_model(
             model, peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS)
         )
-        step = _torch_step(model, batch, [p for p in model.parameters() if p.requires_grad])
+        step = _torch_step(model, [p for p in model.parameters() if p.requires_grad], "fp32", batch)
     else:
         for p in model.parameters():
             p.requires_grad_(False)
         model.enable_input_require_grads()
-        step = _torch_step(model, batch, [])
+        step = _torch_step(model, [], "fp32", batch)
     for _ in range(2):
         step()
     times = []

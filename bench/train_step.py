@@ -99,10 +99,13 @@ def _lorakit_step(model, tokenizer, precision: str):
     return trainer._step
 
 
-def _torch_step(model, params, precision: str):
+def _torch_step(model, params, precision: str, batch: dict | None = None):
+    """One optimizer step of a plain torch/PEFT model on ``batch`` (default: the random batch as its own labels)."""
     import torch
 
-    ids = _batch()
+    if batch is None:
+        ids = _batch()
+        batch = {"input_ids": ids, "labels": ids}
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True) if params else None
     model.train()
 
@@ -111,7 +114,7 @@ def _torch_step(model, params, precision: str):
             torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
         )
         with context:
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss = model(**batch, use_cache=False).loss
         loss.backward()
         if optimizer is not None:
             torch.nn.utils.clip_grad_norm_(params, 1.0)

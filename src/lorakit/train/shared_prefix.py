@@ -18,6 +18,7 @@ ordinary full forward.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -60,8 +61,13 @@ def can_share(body: nn.Module) -> bool:
         return False
     if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
         return False
-    parameters = inspect.signature(type(body).forward).parameters
-    return "position_ids" in parameters and cache_argument(type(body)) in parameters
+    return _takes_positions_and_cache(type(body))
+
+
+@functools.cache
+def _takes_positions_and_cache(model_class: type) -> bool:
+    parameters = inspect.signature(model_class.forward).parameters
+    return "position_ids" in parameters and cache_argument(model_class) in parameters
 
 
 def _checkpointing(body: nn.Module) -> bool:
